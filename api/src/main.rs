@@ -1,0 +1,33 @@
+//! `rfo-api`: accepts jobs over HTTP, records them, publishes them to Kafka and serves results.
+
+mod routes;
+mod server;
+mod settings;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::routes::AppState;
+use crate::settings::Args;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    rfo_core::logging::init();
+    let args = Args::parse();
+    let settings = args.validate()?;
+
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("failed to install the metrics recorder")?;
+    let state = AppState::connect(&settings, metrics).await?;
+    if settings.migrate {
+        state
+            .store
+            .migrate()
+            .await
+            .context("failed to apply database migrations; is RFO_DATABASE_URL reachable?")?;
+    }
+    server::serve(settings.listen, Arc::new(state)).await
+}

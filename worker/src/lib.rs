@@ -1,0 +1,20 @@
+//! The rfo worker's stages, the image code they run, and the wiring between them.
+
+pub mod decode;
+pub mod detect;
+pub mod download;
+pub mod fetch;
+pub mod insert;
+pub mod offsets;
+pub mod overlay;
+pub mod pipeline;
+pub mod process;
+mod resize;
+pub mod retry;
+pub mod settings;
+pub mod stage;
+pub mod upload;
+pub mod window;
+
+#[cfg(test)]
+mod test_support;
