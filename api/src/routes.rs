@@ -59,7 +59,9 @@ impl AppState {
         let producer: FutureProducer =
             rfo_core::kafka::producer_config(brokers, settings.publish_timeout_ms, &settings.kafka)
                 .create()
-                .map_err(|e| anyhow::anyhow!("failed to create the Kafka producer for RFO_QUEUE_URL: {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("failed to create the Kafka producer for RFO_QUEUE_URL: {e}")
+                })?;
         Ok(AppState {
             store,
             s3,
@@ -77,26 +79,46 @@ impl AppState {
 type HttpResponse = Response<Full<Bytes>>;
 
 /// Routes one request. Never fails: every error becomes a JSON response.
-pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+pub async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, Infallible> {
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let (route, response) = match (&method, path.as_str()) {
         (&Method::POST, "/submit") => ("submit", submit(&state, request).await),
         (&Method::GET, "/recent") => ("recent", recent(&state, request.uri().query()).await),
-        (&Method::GET, "/healthz") => ("healthz", json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, "/healthz") => (
+            "healthz",
+            json_response(StatusCode::OK, &json!({"status": "ok"})),
+        ),
         (&Method::GET, "/readyz") => ("readyz", ready(&state).await),
         (&Method::GET, "/metrics") => ("metrics", metrics_response(&state)),
-        (&Method::GET, p) if p.starts_with("/jobs/") => ("job", job(&state, &p["/jobs/".len()..]).await),
+        (&Method::GET, p) if p.starts_with("/jobs/") => {
+            ("job", job(&state, &p["/jobs/".len()..]).await)
+        }
         (_, "/submit" | "/recent" | "/healthz" | "/readyz" | "/metrics") => (
             "other",
-            error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {path}")),
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}"),
+            ),
         ),
-        _ => ("other", error_response(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}"))),
+        _ => (
+            "other",
+            error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route for {path}"),
+            ),
+        ),
     };
     let status = response.status().as_u16().to_string();
     metrics::counter!("rfo_api_requests_total", "route" => route, "status" => status).increment(1);
-    metrics::histogram!("rfo_api_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("rfo_api_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     Ok(response)
 }
 
@@ -114,17 +136,26 @@ struct SubmitResponse<'a> {
 }
 
 async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("request body is over {MAX_BODY_BYTES} bytes; send {{\"image_key\": \"...\"}}"),
+                format!(
+                    "request body is over {MAX_BODY_BYTES} bytes; send {{\"image_key\": \"...\"}}"
+                ),
             );
         }
         Err(error) => {
-            return error_response(StatusCode::BAD_REQUEST, "invalid_request", format!("failed to read the request body: {error}"));
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("failed to read the request body: {error}"),
+            );
         }
     };
     let submit: SubmitRequest = match serde_json::from_slice(&body) {
@@ -133,7 +164,9 @@ async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                format!("request body is not valid JSON of the form {{\"image_key\": \"...\"}}: {error}"),
+                format!(
+                    "request body is not valid JSON of the form {{\"image_key\": \"...\"}}: {error}"
+                ),
             );
         }
     };
@@ -148,27 +181,46 @@ async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
             return error_response(
                 StatusCode::NOT_FOUND,
                 "input_not_found",
-                format!("no object {:?} in bucket {}; upload the image first", submit.image_key, state.input_bucket),
+                format!(
+                    "no object {:?} in bucket {}; upload the image first",
+                    submit.image_key, state.input_bucket
+                ),
             );
         }
         Err(HeadError::Unavailable(error)) => {
             tracing::warn!(%error, "input bucket lookup failed");
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "the input bucket could not be reached; retry later");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the input bucket could not be reached; retry later",
+            );
         }
     };
 
     let job_id = Uuid::now_v7();
     // PostgreSQL keeps microseconds, so the API returns what the row will hold.
     let created_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
-    if let Err(error) = state.store.insert_queued(job_id, &submit.image_key, etag.as_deref(), created_at).await {
+    if let Err(error) = state
+        .store
+        .insert_queued(job_id, &submit.image_key, etag.as_deref(), created_at)
+        .await
+    {
         tracing::warn!(%job_id, %error, "failed to record a submitted job");
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the job database could not be reached; retry later");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the job database could not be reached; retry later",
+        );
     }
 
     let message = JobMessage::new(job_id, submit.image_key.clone(), created_at).to_json();
     let key = job_id.to_string();
     let record = FutureRecord::to(&state.topic).key(&key).payload(&message);
-    if let Err((error, _)) = state.producer.send(record, Timeout::After(state.publish_timeout)).await {
+    if let Err((error, _)) = state
+        .producer
+        .send(record, Timeout::After(state.publish_timeout))
+        .await
+    {
         tracing::warn!(%job_id, %error, "broker did not acknowledge the job");
         let reason = format!("the queue did not accept the job: {error}");
         if let Err(db_error) = state.store.mark_unqueued(job_id, &reason).await {
@@ -185,7 +237,12 @@ async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
     }
     json_response(
         StatusCode::ACCEPTED,
-        &SubmitResponse { job_id, image_key: &submit.image_key, queued: true, topic: &state.topic },
+        &SubmitResponse {
+            job_id,
+            image_key: &submit.image_key,
+            queued: true,
+            topic: &state.topic,
+        },
     )
 }
 
@@ -197,7 +254,11 @@ async fn recent(state: &AppState, query: Option<&str>) -> HttpResponse {
             match value.parse::<u32>() {
                 Ok(n) if (1..=1000).contains(&n) => limit = n,
                 _ => {
-                    return error_response(StatusCode::BAD_REQUEST, "invalid_request", format!("n={value:?} is invalid; use a whole number from 1 to 1000"));
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        format!("n={value:?} is invalid; use a whole number from 1 to 1000"),
+                    );
                 }
             }
         }
@@ -206,21 +267,37 @@ async fn recent(state: &AppState, query: Option<&str>) -> HttpResponse {
         Ok(jobs) => json_response(StatusCode::OK, &jobs),
         Err(error) => {
             tracing::warn!(%error, "failed to list recent jobs");
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the job database could not be reached; retry later")
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the job database could not be reached; retry later",
+            )
         }
     }
 }
 
 async fn job(state: &AppState, id: &str) -> HttpResponse {
     let Ok(job_id) = id.parse::<Uuid>() else {
-        return error_response(StatusCode::BAD_REQUEST, "invalid_request", format!("{id:?} is not a job id; job ids are UUIDs"));
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{id:?} is not a job id; job ids are UUIDs"),
+        );
     };
     match state.store.get(job_id).await {
         Ok(Some(job)) => json_response(StatusCode::OK, &job),
-        Ok(None) => error_response(StatusCode::NOT_FOUND, "job_not_found", format!("no job {job_id}")),
+        Ok(None) => error_response(
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("no job {job_id}"),
+        ),
         Err(error) => {
             tracing::warn!(%job_id, %error, "failed to look up a job");
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the job database could not be reached; retry later")
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the job database could not be reached; retry later",
+            )
         }
     }
 }
@@ -231,17 +308,27 @@ async fn ready(state: &AppState) -> HttpResponse {
     let producer = state.producer.clone();
     let topic = state.topic.clone();
     let queue_ok = tokio::task::spawn_blocking(move || {
-        producer.client().fetch_metadata(Some(&topic), Timeout::After(READY_TIMEOUT)).is_ok()
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), Timeout::After(READY_TIMEOUT))
+            .is_ok()
     })
     .await
     .unwrap_or(false);
-    let status = if database_ok && queue_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if database_ok && queue_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json_response(status, &json!({"database": database_ok, "queue": queue_ok}))
 }
 
 fn metrics_response(state: &AppState) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     response
 }
 
@@ -249,10 +336,15 @@ fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> HttpRes
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
-    json_response(status, &json!({"error": {"code": code, "message": message.into()}}))
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message.into()}}),
+    )
 }

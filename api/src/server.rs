@@ -16,9 +16,9 @@ use crate::routes::{self, AppState};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn serve(listen: SocketAddr, state: Arc<AppState>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("failed to listen on {listen} (RFO_LISTEN); is the port in use?"))?;
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("failed to listen on {listen} (RFO_LISTEN); is the port in use?")
+    })?;
     tracing::info!(address = %listener.local_addr()?, "rfo-api listening");
 
     let graceful = GracefulShutdown::new();

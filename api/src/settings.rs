@@ -53,14 +53,21 @@ pub struct Settings {
 
 impl Args {
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let listen = self
-            .listen
-            .parse()
-            .map_err(|_| ConfigError::new("RFO_LISTEN", &self.listen, "expected HOST:PORT, for example 127.0.0.1:8000"))?;
+        let listen = self.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "RFO_LISTEN",
+                &self.listen,
+                "expected HOST:PORT, for example 127.0.0.1:8000",
+            )
+        })?;
         let input = StorageUrl::parse("RFO_INPUT_URL", &self.input_url)?;
         if !matches!(input, StorageUrl::S3 { .. }) {
             // TODO: file:// input storage for single-machine runs is not built yet.
-            return Err(ConfigError::new("RFO_INPUT_URL", &self.input_url, "expected s3://BUCKET[/PREFIX]"));
+            return Err(ConfigError::new(
+                "RFO_INPUT_URL",
+                &self.input_url,
+                "expected s3://BUCKET[/PREFIX]",
+            ));
         }
         if !(100..=120_000).contains(&self.publish_timeout_ms) {
             return Err(ConfigError::new(
@@ -74,7 +81,10 @@ impl Args {
             input,
             database: DatabaseUrl::parse("RFO_DATABASE_URL", &self.database_url)?,
             listen,
-            s3_force_path_style: rfo_core::config::parse_bool("RFO_S3_FORCE_PATH_STYLE", &self.s3_force_path_style)?,
+            s3_force_path_style: rfo_core::config::parse_bool(
+                "RFO_S3_FORCE_PATH_STYLE",
+                &self.s3_force_path_style,
+            )?,
             migrate: rfo_core::config::parse_bool("RFO_MIGRATE", &self.migrate)?,
             log_keys: rfo_core::config::parse_bool("RFO_LOG_KEYS", &self.log_keys)?,
             publish_timeout_ms: self.publish_timeout_ms,

@@ -43,18 +43,29 @@ impl QueueUrl {
             return Err(ConfigError::new(variable, value, valid));
         };
         let Some((brokers, topic)) = rest.split_once('/') else {
-            return Err(ConfigError::new(variable, value, format!("{valid}; the topic is missing")));
+            return Err(ConfigError::new(
+                variable,
+                value,
+                format!("{valid}; the topic is missing"),
+            ));
         };
         let brokers_valid = !brokers.is_empty()
-            && brokers
-                .split(',')
-                .all(|b| b.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()));
+            && brokers.split(',').all(|b| {
+                b.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            });
         if !brokers_valid {
-            return Err(ConfigError::new(variable, value, format!("{valid}; each broker needs a host and a port")));
+            return Err(ConfigError::new(
+                variable,
+                value,
+                format!("{valid}; each broker needs a host and a port"),
+            ));
         }
         let topic_valid = !topic.is_empty()
             && topic.len() <= 249
-            && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            && topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !topic_valid {
             return Err(ConfigError::new(
                 variable,
@@ -89,9 +100,9 @@ impl StorageUrl {
         if let Some(rest) = value.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let bucket_valid = (3..=63).contains(&bucket.len())
-                && bucket
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-'));
+                && bucket.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-')
+                });
             if !bucket_valid {
                 return Err(ConfigError::new(
                     variable,
@@ -105,13 +116,19 @@ impl StorageUrl {
             });
         }
         if value.contains("://") && !value.starts_with("file://") {
-            return Err(ConfigError::new(variable, value, "expected s3://BUCKET, file:///PATH or a plain path"));
+            return Err(ConfigError::new(
+                variable,
+                value,
+                "expected s3://BUCKET, file:///PATH or a plain path",
+            ));
         }
         let path = value.strip_prefix("file://").unwrap_or(value);
         if path.is_empty() {
             return Err(ConfigError::new(variable, value, "the path is empty"));
         }
-        Ok(StorageUrl::File { root: PathBuf::from(path) })
+        Ok(StorageUrl::File {
+            root: PathBuf::from(path),
+        })
     }
 }
 
@@ -128,7 +145,11 @@ impl DatabaseUrl {
             return Ok(DatabaseUrl::Postgres(value.to_owned()));
         }
         // TODO: SQLite for single-machine runs is not built yet.
-        Err(ConfigError::new(variable, value, "expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"))
+        Err(ConfigError::new(
+            variable,
+            value,
+            "expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+        ))
     }
 }
 
@@ -145,7 +166,9 @@ pub fn redact_url(value: &str) -> String {
 
 /// Collects librdkafka settings from `RFO_KAFKA_<KEY>` variables, where the key's dots are
 /// written as underscores: `RFO_KAFKA_SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`.
-pub fn kafka_overrides(vars: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+pub fn kafka_overrides(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> BTreeMap<String, String> {
     vars.into_iter()
         .filter_map(|(name, value)| {
             let key = name.strip_prefix("RFO_KAFKA_")?;
@@ -182,7 +205,10 @@ mod tests {
     #[test]
     fn kafka_url_errors_name_variable_and_value() {
         let e = QueueUrl::parse("RFO_QUEUE_URL", "kafka://a:9092").unwrap_err();
-        assert!(e.to_string().contains("RFO_QUEUE_URL=\"kafka://a:9092\""), "{e}");
+        assert!(
+            e.to_string().contains("RFO_QUEUE_URL=\"kafka://a:9092\""),
+            "{e}"
+        );
         assert!(e.to_string().contains("topic is missing"), "{e}");
         assert!(QueueUrl::parse("Q", "kafka://a/t").is_err());
         assert!(QueueUrl::parse("Q", "kafka://a:1/bad topic").is_err());
@@ -207,7 +233,9 @@ mod tests {
         );
         assert_eq!(
             StorageUrl::parse("V", "./data/input").unwrap(),
-            StorageUrl::File { root: "./data/input".into() }
+            StorageUrl::File {
+                root: "./data/input".into()
+            }
         );
         assert!(StorageUrl::parse("V", "s3://UPPER").is_err());
         assert!(StorageUrl::parse("V", "gs://x").is_err());
@@ -223,11 +251,17 @@ mod tests {
     #[test]
     fn kafka_overrides_map_underscores_to_dots() {
         let vars = vec![
-            ("RFO_KAFKA_SECURITY_PROTOCOL".to_owned(), "SASL_SSL".to_owned()),
+            (
+                "RFO_KAFKA_SECURITY_PROTOCOL".to_owned(),
+                "SASL_SSL".to_owned(),
+            ),
             ("RFO_QUEUE_URL".to_owned(), "x".to_owned()),
         ];
         let map = kafka_overrides(vars);
-        assert_eq!(map.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(
+            map.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
         assert_eq!(map.len(), 1);
     }
 }

@@ -226,12 +226,27 @@ struct ResultColumns {
 }
 
 impl ResultColumns {
+    /// Pivots `results` into columns with one row per job: PostgreSQL rejects an upsert that
+    /// touches a row twice, and a job delivered twice can land in one batch. Of such a pair the
+    /// first `done` wins, as it would in the table, and the attempts add up.
     fn from_results(results: &[JobResult]) -> ResultColumns {
-        let mut c = ResultColumns::default();
+        let mut chosen: Vec<(&JobResult, u32)> = Vec::with_capacity(results.len());
         for r in results {
+            match chosen.iter_mut().find(|(c, _)| c.job_id == r.job_id) {
+                Some((current, attempts)) => {
+                    *attempts = attempts.saturating_add(r.attempts);
+                    if current.outcome.is_err() {
+                        *current = r;
+                    }
+                }
+                None => chosen.push((r, r.attempts)),
+            }
+        }
+        let mut c = ResultColumns::default();
+        for (r, attempts) in chosen {
             c.job_id.push(r.job_id);
             c.image_key.push(r.image_key.clone());
-            c.attempts.push(i32::try_from(r.attempts).unwrap_or(i32::MAX));
+            c.attempts.push(i32::try_from(attempts).unwrap_or(i32::MAX));
             c.created_at.push(r.submitted_at);
             c.processed_at.push(r.processed_at);
             match &r.outcome {
@@ -296,5 +311,52 @@ impl JobRow {
             processed_at: self.processed_at,
             error,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::JobError;
+    use crate::record::Detection;
+
+    fn result(job_id: Uuid, attempts: u32, done: bool) -> JobResult {
+        let outcome = if done {
+            Ok(Detection {
+                overlay_key: format!("overlays/{job_id}.png"),
+                preview_key: format!("overlays/{job_id}.preview.png"),
+                boxes: Vec::new(),
+                width: 4,
+                height: 3,
+                detector: "random".to_string(),
+                detector_version: "1".to_string(),
+            })
+        } else {
+            Err(JobError::new(ErrorCode::StorageUnavailable, "timed out"))
+        };
+        JobResult {
+            job_id,
+            image_key: "a.png".to_string(),
+            submitted_at: Utc::now(),
+            outcome,
+            attempts,
+            processed_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_job_twice_in_a_batch_becomes_one_row() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let batch = [
+            result(a, 1, false),
+            result(b, 1, true),
+            result(a, 2, true),
+            result(a, 1, false),
+        ];
+        let columns = ResultColumns::from_results(&batch);
+        assert_eq!(columns.job_id, vec![a, b]);
+        assert_eq!(columns.status, vec!["done", "done"]);
+        assert_eq!(columns.attempts, vec![4, 1]);
+        assert_eq!(columns.error_code, vec![None, None]);
     }
 }

@@ -25,7 +25,9 @@ pub struct JobMessage {
 pub enum MessageError {
     #[error("record is not a valid job message: {0}")]
     Invalid(#[from] serde_json::Error),
-    #[error("job message version {0} is not supported; this worker reads version {MESSAGE_VERSION}")]
+    #[error(
+        "job message version {0} is not supported; this worker reads version {MESSAGE_VERSION}"
+    )]
     UnknownVersion(u32),
     #[error("job message has an invalid image key: {0}")]
     InvalidKey(#[from] KeyError),
@@ -128,7 +130,10 @@ pub mod timestamp {
         use chrono::{DateTime, Utc};
         use serde::Serializer;
 
-        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => s.serialize_str(&super::super::format_timestamp(t)),
                 None => s.serialize_none(),
@@ -158,13 +163,22 @@ mod tests {
     #[test]
     fn message_rejects_unknown_version() {
         let value = br#"{"v":2,"job_id":"0190f5d2-0000-7000-8000-000000000001","image_key":"a.png","submitted_at":"2026-02-01T05:36:26.470485+00:00"}"#;
-        assert!(matches!(JobMessage::parse(value), Err(MessageError::UnknownVersion(2))));
+        assert!(matches!(
+            JobMessage::parse(value),
+            Err(MessageError::UnknownVersion(2))
+        ));
     }
 
     #[test]
     fn message_rejects_missing_field_and_garbage() {
-        assert!(matches!(JobMessage::parse(br#"{"v":1}"#), Err(MessageError::Invalid(_))));
-        assert!(matches!(JobMessage::parse(b"not json"), Err(MessageError::Invalid(_))));
+        assert!(matches!(
+            JobMessage::parse(br#"{"v":1}"#),
+            Err(MessageError::Invalid(_))
+        ));
+        assert!(matches!(
+            JobMessage::parse(b"not json"),
+            Err(MessageError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -172,7 +186,10 @@ mod tests {
         assert_eq!(validate_key(""), Err(KeyError::Empty));
         assert_eq!(validate_key("   "), Err(KeyError::Blank));
         assert_eq!(validate_key("a\nb"), Err(KeyError::ControlCharacter(10, 1)));
-        assert_eq!(validate_key(&"x".repeat(1025)), Err(KeyError::TooLong(1025)));
+        assert_eq!(
+            validate_key(&"x".repeat(1025)),
+            Err(KeyError::TooLong(1025))
+        );
         assert!(validate_key(&"x".repeat(1024)).is_ok());
         assert!(validate_key("Image_2_patient 1.png").is_ok());
         assert!(validate_key("Снимок ё.png").is_ok());
@@ -182,13 +199,22 @@ mod tests {
     #[test]
     fn overlay_key_depends_on_job_only() {
         let id: Uuid = "0190f5d2-0000-7000-8000-000000000001".parse().unwrap();
-        assert_eq!(overlay_key(id), "overlays/0190f5d2-0000-7000-8000-000000000001.png");
-        assert_eq!(preview_key(id), "overlays/0190f5d2-0000-7000-8000-000000000001.preview.png");
+        assert_eq!(
+            overlay_key(id),
+            "overlays/0190f5d2-0000-7000-8000-000000000001.png"
+        );
+        assert_eq!(
+            preview_key(id),
+            "overlays/0190f5d2-0000-7000-8000-000000000001.preview.png"
+        );
     }
 
     #[test]
     fn timestamps_have_microseconds() {
         let t = DateTime::parse_from_rfc3339("2026-02-01T05:36:26.470485123Z").unwrap();
-        assert_eq!(format_timestamp(&t.with_timezone(&Utc)), "2026-02-01T05:36:26.470485+00:00");
+        assert_eq!(
+            format_timestamp(&t.with_timezone(&Utc)),
+            "2026-02-01T05:36:26.470485+00:00"
+        );
     }
 }

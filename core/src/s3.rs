@@ -64,13 +64,18 @@ pub enum HeadError {
 pub async fn head(client: &Client, bucket: &str, key: &str) -> Result<ObjectInfo, HeadError> {
     match client.head_object().bucket(bucket).key(key).send().await {
         Ok(out) => Ok(ObjectInfo {
-            size: out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            size: out
+                .content_length()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
             etag: out.e_tag().map(str::to_owned),
         }),
         Err(SdkError::ServiceError(e)) if matches!(e.err(), HeadObjectError::NotFound(_)) => {
             Err(HeadError::NotFound)
         }
-        Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Err(HeadError::NotFound),
+        Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => {
+            Err(HeadError::NotFound)
+        }
         Err(e) => Err(HeadError::Unavailable(DisplayErrorContext(e).to_string())),
     }
 }

@@ -10,13 +10,14 @@ pub use rfo_core::record::BoundingBox;
 /// Implementations must be deterministic for a given image and seed, so that a redelivered
 /// job gets the same boxes.
 pub trait Detector: Send + Sync {
-    /// Returns the name stored with each result, the value of `RFO_DETECTOR` that selects it.
+    /// Returns the detector's name, stored with each result and used as its `RFO_DETECTOR`
+    /// value.
     fn name(&self) -> &'static str;
     /// Returns the version stored with each result.
     fn version(&self) -> &'static str;
     /// Returns the boxes found in `image`.
     ///
-    /// `display` holds the 8-bit display values of the same pixels, and `seed` is the job
+    /// `display` contains the 8-bit display values of the same pixels, and `seed` is the job
     /// id's 128 bits.
     fn detect(&self, image: &GrayImage, display: &[u8], seed: u128) -> Vec<BoundingBox>;
 }
@@ -69,7 +70,7 @@ impl Detector for RandomDetector {
 ///
 /// It works on a copy of the display image downscaled to at most [`Self::WORKING_SIDE`]
 /// pixels a side. Otsu's threshold splits the pixels in two classes, and the class that
-/// holds most of the image's outer ring is the background. The box spans the rows and
+/// contains most of the image's outer ring is the background. The box spans the rows and
 /// columns in which at least 2 % of the pixels are foreground, so that isolated specks
 /// do not widen it, and is mapped back to full-resolution pixels, rounded outwards.
 /// The score is the foreground share of the pixels inside the box.
@@ -77,7 +78,7 @@ impl Detector for RandomDetector {
 pub struct ExposureDetector;
 
 impl ExposureDetector {
-    /// Longest side of the working copy, in pixels.
+    /// Maximum side of the working copy, in pixels.
     pub const WORKING_SIDE: u32 = 256;
     /// Label of the box.
     pub const LABEL: &'static str = "exposed_region";
@@ -125,7 +126,7 @@ fn exposed_box(pixels: &[u8], width: usize, height: usize) -> Option<BoundingBox
     }
     let threshold = otsu_threshold(&histogram)?;
 
-    // The background is the class that holds most of the outer ring.
+    // The background is the class that contains most of the outer ring.
     let ring: Vec<u8> = (0..width)
         .flat_map(|x| [pixels[x], pixels[(height - 1) * width + x]])
         .chain((0..height).flat_map(|y| [pixels[y * width], pixels[y * width + width - 1]]))
@@ -354,10 +355,10 @@ mod tests {
             let found = &boxes[0];
             let context = format!("background {background}: {found:?}");
             // The working copy is 256 px wide, so edges may move by up to 2 pixels.
-            assert!(found.x1 <= 60 && found.x1 + 3 >= 60, "{context}");
-            assert!(found.y1 <= 40 && found.y1 + 3 >= 40, "{context}");
-            assert!(found.x2 >= 240 && found.x2 <= 243, "{context}");
-            assert!(found.y2 >= 160 && found.y2 <= 163, "{context}");
+            assert!((57..=60).contains(&found.x1), "{context}");
+            assert!((37..=40).contains(&found.y1), "{context}");
+            assert!((240..=243).contains(&found.x2), "{context}");
+            assert!((160..=163).contains(&found.y2), "{context}");
             assert!(found.score > 0.9, "{context}");
             assert_eq!(found.label, "exposed_region");
         }

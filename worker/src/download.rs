@@ -40,11 +40,17 @@ enum Failure {
 
 impl Downloader {
     /// Runs until `deliveries` closes, then waits for the downloads in flight.
-    pub async fn run(self: Arc<Self>, mut deliveries: mpsc::Receiver<Delivery>, downloaded: mpsc::Sender<Downloaded>) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut deliveries: mpsc::Receiver<Delivery>,
+        downloaded: mpsc::Sender<Downloaded>,
+    ) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         while let Some(delivery) = deliveries.recv().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
             let downloader = self.clone();
             let downloaded = downloaded.clone();
             tasks.spawn(async move {
@@ -75,20 +81,39 @@ impl Downloader {
                     tracing::warn!(job_id = %delivery.message.job_id, attempts, %error, "download failed; retry budget spent");
                     break Err(JobError::new(
                         ErrorCode::StorageUnavailable,
-                        format!("the input image could not be read from the object store after {attempts} attempts"),
+                        format!(
+                            "the input image could not be read from the object store after {attempts} attempts"
+                        ),
                     ));
                 }
             }
         };
-        let timings = StageTimings { download_ms: elapsed_ms(started), ..StageTimings::default() };
-        Downloaded { delivery, attempts, timings, bytes }
+        let timings = StageTimings {
+            download_ms: elapsed_ms(started),
+            ..StageTimings::default()
+        };
+        Downloaded {
+            delivery,
+            attempts,
+            timings,
+            bytes,
+        }
     }
 
     async fn fetch(&self, key: &str) -> Result<Vec<u8>, Failure> {
-        let response = self.client.get_object().bucket(&self.settings.bucket).key(key).send().await;
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .send()
+            .await;
         let mut output = match response {
             Ok(output) => output,
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), GetObjectError::NoSuchKey(_)) || e.raw().status().as_u16() == 404 => {
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), GetObjectError::NoSuchKey(_))
+                    || e.raw().status().as_u16() == 404 =>
+            {
                 return Err(Failure::Permanent(JobError::new(
                     ErrorCode::InputNotFound,
                     "the input image is no longer in the input bucket",
@@ -96,7 +121,10 @@ impl Downloader {
             }
             Err(e) => return Err(Failure::Transient(DisplayErrorContext(e).to_string())),
         };
-        let length = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        let length = output
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
         let limit = self.settings.max_input_bytes;
         if length > limit {
             return Err(Failure::Permanent(too_large(length, limit)));
@@ -106,16 +134,26 @@ impl Downloader {
             match output.body.try_next().await {
                 Ok(Some(chunk)) => {
                     if (bytes.len() + chunk.len()) as u64 > limit {
-                        return Err(Failure::Permanent(too_large((bytes.len() + chunk.len()) as u64, limit)));
+                        return Err(Failure::Permanent(too_large(
+                            (bytes.len() + chunk.len()) as u64,
+                            limit,
+                        )));
                     }
                     bytes.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(Failure::Transient(format!("reading the object body failed: {e}"))),
+                Err(e) => {
+                    return Err(Failure::Transient(format!(
+                        "reading the object body failed: {e}"
+                    )));
+                }
             }
         }
         if length != 0 && bytes.len() as u64 != length {
-            return Err(Failure::Transient(format!("object body ended after {} of {length} bytes", bytes.len())));
+            return Err(Failure::Transient(format!(
+                "object body ended after {} of {length} bytes",
+                bytes.len()
+            )));
         }
         Ok(bytes)
     }
@@ -124,6 +162,8 @@ impl Downloader {
 fn too_large(size: u64, limit: u64) -> JobError {
     JobError::new(
         ErrorCode::InputTooLarge,
-        format!("the input image is at least {size} bytes; the limit is {limit} bytes (RFO_MAX_INPUT_BYTES)"),
+        format!(
+            "the input image is at least {size} bytes; the limit is {limit} bytes (RFO_MAX_INPUT_BYTES)"
+        ),
     )
 }

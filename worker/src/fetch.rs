@@ -9,7 +9,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -58,7 +60,9 @@ pub type JobConsumer = StreamConsumer<WorkerContext>;
 /// Locks the tracker. A panic while the lock is held cannot leave it inconsistent, because
 /// every method completes its change before it can panic, so a poisoned lock is still used.
 pub fn lock(offsets: &Mutex<OffsetTracker>) -> std::sync::MutexGuard<'_, OffsetTracker> {
-    offsets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    offsets
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub fn offsets_list(topic: &str, offsets: &[(i32, i64)]) -> TopicPartitionList {
@@ -92,17 +96,31 @@ impl DeadLetters {
         let mut delay = Duration::from_millis(200);
         loop {
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "rfo-error-code", value: Some(code) })
-                .insert(Header { key: "rfo-attempts", value: Some(attempts.as_str()) })
-                .insert(Header { key: "rfo-failed-at", value: Some(failed_at.as_str()) });
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+                .insert(Header {
+                    key: "rfo-error-code",
+                    value: Some(code),
+                })
+                .insert(Header {
+                    key: "rfo-attempts",
+                    value: Some(attempts.as_str()),
+                })
+                .insert(Header {
+                    key: "rfo-failed-at",
+                    value: Some(failed_at.as_str()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.topic).headers(headers);
             if let Some(key) = key {
                 record = record.key(key);
             }
             if let Some(value) = value {
                 record = record.payload(value);
             }
-            match self.producer.send(record, Timeout::After(Duration::from_secs(10))).await {
+            match self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(10)))
+                .await
+            {
                 Ok(_) => return true,
                 Err((error, _)) => {
                     tracing::warn!(%error, topic = %self.topic, "failed to write to the dead-letter topic; retrying");
@@ -197,7 +215,16 @@ async fn accept(
         Err(error) => {
             tracing::warn!(partition, offset, %error, "record is not a job; sending it to the dead-letter topic");
             metrics::counter!("rfo_dead_letters_total", "code" => "invalid_message").increment(1);
-            if dead_letters.send(record.key(), record.payload(), "invalid_message", 0, shutdown).await {
+            if dead_letters
+                .send(
+                    record.key(),
+                    record.payload(),
+                    "invalid_message",
+                    0,
+                    shutdown,
+                )
+                .await
+            {
                 lock(offsets).complete(partition, offset);
             }
             None
@@ -213,7 +240,11 @@ fn set_paused(consumer: &JobConsumer, pause: bool) {
             return;
         }
     };
-    let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
     match result {
         Ok(()) => tracing::debug!(pause, "partitions paused or resumed"),
         Err(error) => tracing::warn!(%error, pause, "failed to pause or resume partitions"),

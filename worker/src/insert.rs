@@ -42,10 +42,16 @@ pub struct Inserter {
 
 impl Inserter {
     /// Runs until `finished` closes and the last batch is written.
-    pub async fn run(self, mut finished: mpsc::Receiver<Finished>, shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        mut finished: mpsc::Receiver<Finished>,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let mut batch: Vec<Finished> = Vec::with_capacity(self.settings.max_batch);
         loop {
-            let Some(first) = finished.recv().await else { break };
+            let Some(first) = finished.recv().await else {
+                break;
+            };
             batch.push(first);
             let deadline = tokio::time::Instant::now() + self.settings.linger;
             while batch.len() < self.settings.max_batch {
@@ -87,7 +93,8 @@ impl Inserter {
             }
         }
         let insert_ms = elapsed_ms(started);
-        metrics::histogram!("rfo_stage_duration_seconds", "stage" => "insert").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("rfo_stage_duration_seconds", "stage" => "insert")
+            .record(started.elapsed().as_secs_f64());
         metrics::histogram!("rfo_insert_batch_size").record(batch.len() as f64);
         {
             let mut offsets = lock(&self.offsets);

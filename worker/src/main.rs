@@ -14,19 +14,30 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if matches!(args.command, Some(Command::Migrate)) {
         let store = pipeline::open_store(&args.database()?)?;
-        store.migrate().await.context("failed to apply database migrations; is RFO_DATABASE_URL reachable?")?;
+        store
+            .migrate()
+            .await
+            .context("failed to apply database migrations; is RFO_DATABASE_URL reachable?")?;
         tracing::info!("migrations applied");
         return Ok(());
     }
     let settings = args.validate()?;
     let store = pipeline::open_store(&settings.database)?;
     if settings.migrate {
-        store.migrate().await.context("failed to apply database migrations; is RFO_DATABASE_URL reachable?")?;
+        store
+            .migrate()
+            .await
+            .context("failed to apply database migrations; is RFO_DATABASE_URL reachable?")?;
     }
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(settings.metrics_listen)
         .install()
-        .with_context(|| format!("failed to serve metrics on {} (RFO_METRICS_LISTEN)", settings.metrics_listen))?;
+        .with_context(|| {
+            format!(
+                "failed to serve metrics on {} (RFO_METRICS_LISTEN)",
+                settings.metrics_listen
+            )
+        })?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout_s);
@@ -35,12 +46,17 @@ async fn main() -> anyhow::Result<()> {
         result = &mut pipeline => return result.context("the pipeline panicked")?,
         _ = shutdown_signal() => {}
     }
-    tracing::info!(timeout_s = shutdown_timeout.as_secs(), "shutdown requested; draining the pipeline");
+    tracing::info!(
+        timeout_s = shutdown_timeout.as_secs(),
+        "shutdown requested; draining the pipeline"
+    );
     let _ = shutdown_tx.send(true);
     match tokio::time::timeout(shutdown_timeout, pipeline).await {
         Ok(result) => result.context("the pipeline panicked")?,
         Err(_) => {
-            tracing::warn!("the pipeline did not drain in time; unfinished jobs will be delivered again");
+            tracing::warn!(
+                "the pipeline did not drain in time; unfinished jobs will be delivered again"
+            );
             Ok(())
         }
     }

@@ -42,10 +42,10 @@ impl OffsetTracker {
     pub fn revoke(&mut self, partitions: &[i32]) -> Vec<(i32, i64)> {
         let mut finals = Vec::new();
         for partition in partitions {
-            if let Some(state) = self.partitions.remove(partition) {
-                if let Some(offset) = watermark(&state) {
-                    finals.push((*partition, offset));
-                }
+            if let Some(state) = self.partitions.remove(partition)
+                && let Some(offset) = watermark(&state)
+            {
+                finals.push((*partition, offset));
             }
         }
         finals
@@ -89,7 +89,11 @@ mod tests {
         assert_eq!(t.take_committable(), vec![(0, 10)]);
         t.complete(0, 10);
         assert_eq!(t.take_committable(), vec![(0, 13)]);
-        assert_eq!(t.take_committable(), vec![], "an unchanged watermark is not committed again");
+        assert_eq!(
+            t.take_committable(),
+            vec![],
+            "an unchanged watermark is not committed again"
+        );
         t.complete(0, 13);
         t.complete(0, 14);
         assert_eq!(t.take_committable(), vec![(0, 15)]);

@@ -31,21 +31,39 @@ use crate::settings::Settings;
 use crate::upload::{UploadSettings, Uploader};
 
 /// Runs the pipeline until `shutdown` turns true and the stages have drained.
-pub async fn run(settings: Settings, store: JobStore, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    store: JobStore,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let QueueUrl::Kafka { brokers, topic } = &settings.queue;
     let offsets = Arc::new(Mutex::new(OffsetTracker::default()));
-    let context = WorkerContext { topic: topic.clone(), offsets: offsets.clone() };
-    let consumer: JobConsumer = rfo_core::kafka::consumer_config(brokers, &settings.consumer_group, &settings.kafka)
-        .create_with_context(context)
-        .context("failed to create the Kafka consumer for RFO_QUEUE_URL")?;
-    consumer.subscribe(&[topic]).with_context(|| format!("failed to subscribe to topic {topic}"))?;
+    let context = WorkerContext {
+        topic: topic.clone(),
+        offsets: offsets.clone(),
+    };
+    let consumer: JobConsumer =
+        rfo_core::kafka::consumer_config(brokers, &settings.consumer_group, &settings.kafka)
+            .create_with_context(context)
+            .context("failed to create the Kafka consumer for RFO_QUEUE_URL")?;
+    consumer
+        .subscribe(&[topic])
+        .with_context(|| format!("failed to subscribe to topic {topic}"))?;
     let consumer = Arc::new(consumer);
-    let producer: FutureProducer = rfo_core::kafka::producer_config(brokers, 30_000, &settings.kafka)
-        .create()
-        .context("failed to create the Kafka producer of the dead-letter topic")?;
-    let dead_letters = Arc::new(DeadLetters { producer, topic: format!("{topic}.dlq") });
+    let producer: FutureProducer =
+        rfo_core::kafka::producer_config(brokers, 30_000, &settings.kafka)
+            .create()
+            .context("failed to create the Kafka producer of the dead-letter topic")?;
+    let dead_letters = Arc::new(DeadLetters {
+        producer,
+        topic: format!("{topic}.dlq"),
+    });
 
-    let s3 = rfo_core::s3::client(&S3Settings { force_path_style: settings.s3_force_path_style, ..S3Settings::default() }).await;
+    let s3 = rfo_core::s3::client(&S3Settings {
+        force_path_style: settings.s3_force_path_style,
+        ..S3Settings::default()
+    })
+    .await;
     let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let capacity = settings.channel_capacity;
 
@@ -85,7 +103,11 @@ pub async fn run(settings: Settings, store: JobStore, shutdown: watch::Receiver<
     let upload_task = tokio::spawn(uploader.run(processed_rx, finished_tx));
 
     // CPU stage: decode, detect, overlay, encode.
-    let threads = if settings.worker_threads == 0 { num_cpus() } else { settings.worker_threads };
+    let threads = if settings.worker_threads == 0 {
+        num_cpus()
+    } else {
+        settings.worker_threads
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("rfo-cpu-{i}"))
@@ -94,7 +116,11 @@ pub async fn run(settings: Settings, store: JobStore, shutdown: watch::Receiver<
     let (downloaded_tx, downloaded_rx) = mpsc::channel(capacity);
     let processor = Arc::new(Processor {
         pool,
-        limits: DecodeLimits { max_pixels: settings.max_pixels, max_side: settings.max_side, ..DecodeLimits::default() },
+        limits: DecodeLimits {
+            max_pixels: settings.max_pixels,
+            max_side: settings.max_side,
+            ..DecodeLimits::default()
+        },
         detector: Arc::new(RandomDetector),
         encode: EncodeSettings::default(),
     });
@@ -117,10 +143,23 @@ pub async fn run(settings: Settings, store: JobStore, shutdown: watch::Receiver<
 
     // Fetch stage.
     tracing::info!(%topic, group = %settings.consumer_group, cpu_threads = threads, channel_capacity = capacity, "rfo-worker started");
-    let fetch_task = tokio::spawn(crate::fetch::run(consumer.clone(), offsets, dead_letters, delivery_tx, shutdown));
+    let fetch_task = tokio::spawn(crate::fetch::run(
+        consumer.clone(),
+        offsets,
+        dead_letters,
+        delivery_tx,
+        shutdown,
+    ));
 
-    for (name, task) in [("fetch", fetch_task), ("download", download_task), ("process", process_task), ("upload", upload_task), ("insert", insert_task)] {
-        task.await.with_context(|| format!("the {name} stage panicked"))?;
+    for (name, task) in [
+        ("fetch", fetch_task),
+        ("download", download_task),
+        ("process", process_task),
+        ("upload", upload_task),
+        ("insert", insert_task),
+    ] {
+        task.await
+            .with_context(|| format!("the {name} stage panicked"))?;
     }
     consumer.unsubscribe();
     tracing::info!("rfo-worker drained");
@@ -134,5 +173,7 @@ pub fn open_store(database: &DatabaseUrl) -> anyhow::Result<JobStore> {
 }
 
 fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
-use rfo_core::config::{ConfigError, DatabaseUrl, QueueUrl, StorageUrl, kafka_overrides, parse_bool};
+use rfo_core::config::{
+    ConfigError, DatabaseUrl, QueueUrl, StorageUrl, kafka_overrides, parse_bool,
+};
 
 /// Settings of `rfo-worker`. Each flag can also be set by the environment variable it names;
 /// the flag wins.
@@ -110,22 +112,34 @@ pub struct Settings {
 }
 
 fn required<'a>(variable: &str, value: &'a Option<String>) -> Result<&'a str, ConfigError> {
-    value
-        .as_deref()
-        .ok_or_else(|| ConfigError::new(variable, "", "the setting is missing; `eval \"$(ops/stack start)\"` sets it for the local stack"))
+    value.as_deref().ok_or_else(|| {
+        ConfigError::new(
+            variable,
+            "",
+            "the setting is missing; `eval \"$(ops/stack start)\"` sets it for the local stack",
+        )
+    })
 }
 
 fn s3_url(variable: &str, value: &str) -> Result<(String, String), ConfigError> {
     match StorageUrl::parse(variable, value)? {
         StorageUrl::S3 { bucket, prefix } => Ok((bucket, prefix)),
         // TODO: file:// storage for single-machine runs is not built yet.
-        StorageUrl::File { .. } => Err(ConfigError::new(variable, value, "expected s3://BUCKET[/PREFIX]")),
+        StorageUrl::File { .. } => Err(ConfigError::new(
+            variable,
+            value,
+            "expected s3://BUCKET[/PREFIX]",
+        )),
     }
 }
 
 fn positive(variable: &str, value: usize, max: usize) -> Result<usize, ConfigError> {
     if value == 0 || value > max {
-        return Err(ConfigError::new(variable, &value.to_string(), format!("expected a whole number from 1 to {max}")));
+        return Err(ConfigError::new(
+            variable,
+            &value.to_string(),
+            format!("expected a whole number from 1 to {max}"),
+        ));
     }
     Ok(value)
 }
@@ -133,18 +147,33 @@ fn positive(variable: &str, value: usize, max: usize) -> Result<usize, ConfigErr
 impl Args {
     /// Validates the database setting alone, for the `migrate` command.
     pub fn database(&self) -> Result<DatabaseUrl, ConfigError> {
-        DatabaseUrl::parse("RFO_DATABASE_URL", required("RFO_DATABASE_URL", &self.database_url)?)
+        DatabaseUrl::parse(
+            "RFO_DATABASE_URL",
+            required("RFO_DATABASE_URL", &self.database_url)?,
+        )
     }
 
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let metrics_listen = self.metrics_listen.parse().map_err(|_| {
-            ConfigError::new("RFO_METRICS_LISTEN", &self.metrics_listen, "expected HOST:PORT, for example 127.0.0.1:9750")
+            ConfigError::new(
+                "RFO_METRICS_LISTEN",
+                &self.metrics_listen,
+                "expected HOST:PORT, for example 127.0.0.1:9750",
+            )
         })?;
         if self.detector != "random" {
-            return Err(ConfigError::new("RFO_DETECTOR", &self.detector, "expected random"));
+            return Err(ConfigError::new(
+                "RFO_DETECTOR",
+                &self.detector,
+                "expected random",
+            ));
         }
         if self.consumer_group.is_empty() {
-            return Err(ConfigError::new("RFO_CONSUMER_GROUP", "", "the consumer group name is empty"));
+            return Err(ConfigError::new(
+                "RFO_CONSUMER_GROUP",
+                "",
+                "the consumer group name is empty",
+            ));
         }
         if self.max_pixels == 0 || self.max_side == 0 || self.max_input_bytes == 0 {
             return Err(ConfigError::new(
@@ -156,7 +185,10 @@ impl Args {
         Ok(Settings {
             queue: QueueUrl::parse("RFO_QUEUE_URL", required("RFO_QUEUE_URL", &self.queue_url)?)?,
             input: s3_url("RFO_INPUT_URL", required("RFO_INPUT_URL", &self.input_url)?)?,
-            output: s3_url("RFO_OUTPUT_URL", required("RFO_OUTPUT_URL", &self.output_url)?)?,
+            output: s3_url(
+                "RFO_OUTPUT_URL",
+                required("RFO_OUTPUT_URL", &self.output_url)?,
+            )?,
             database: self.database()?,
             consumer_group: self.consumer_group.clone(),
             metrics_listen,
@@ -165,7 +197,11 @@ impl Args {
             log_keys: parse_bool("RFO_LOG_KEYS", &self.log_keys)?,
             migrate: parse_bool("RFO_MIGRATE", &self.migrate)?,
             worker_threads: self.worker_threads,
-            download_concurrency: positive("RFO_DOWNLOAD_CONCURRENCY", self.download_concurrency, 256)?,
+            download_concurrency: positive(
+                "RFO_DOWNLOAD_CONCURRENCY",
+                self.download_concurrency,
+                256,
+            )?,
             upload_concurrency: positive("RFO_UPLOAD_CONCURRENCY", self.upload_concurrency, 256)?,
             channel_capacity: positive("RFO_CHANNEL_CAPACITY", self.channel_capacity, 1024)?,
             max_input_bytes: self.max_input_bytes,

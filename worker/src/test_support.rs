@@ -160,7 +160,7 @@ const ADAM7_PASSES: [(usize, usize, usize, usize); 7] = [
 ];
 
 /// Lays out unfiltered image data (filter type 0 on every scanline) for `samples`, which
-/// holds `channels` samples a pixel, row by row, each sample below 2^depth.
+/// contains `channels` samples a pixel, row by row, each sample below 2^depth.
 pub fn raw_image_data(
     width: usize,
     height: usize,

@@ -39,11 +39,17 @@ pub struct Uploader {
 
 impl Uploader {
     /// Runs until `processed` closes, then waits for the uploads in flight.
-    pub async fn run(self: Arc<Self>, mut processed: mpsc::Receiver<Processed>, finished: mpsc::Sender<Finished>) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut processed: mpsc::Receiver<Processed>,
+        finished: mpsc::Sender<Finished>,
+    ) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         while let Some(item) = processed.recv().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
             let uploader = self.clone();
             let finished = finished.clone();
             tasks.spawn(async move {
@@ -57,7 +63,12 @@ impl Uploader {
     }
 
     async fn upload(&self, item: Processed) -> Finished {
-        let Processed { delivery, attempts, mut timings, rendered } = item;
+        let Processed {
+            delivery,
+            attempts,
+            mut timings,
+            rendered,
+        } = item;
         let started = Instant::now();
         let outcome = match rendered {
             Err(error) => Err(error),
@@ -94,7 +105,9 @@ impl Uploader {
                             tracing::warn!(%job_id, attempts = tries, %error, "upload failed; retry budget spent");
                             break Err(JobError::new(
                                 ErrorCode::StorageUnavailable,
-                                format!("the overlay could not be written to the object store after {tries} attempts"),
+                                format!(
+                                    "the overlay could not be written to the object store after {tries} attempts"
+                                ),
                             ));
                         }
                     }
@@ -102,7 +115,12 @@ impl Uploader {
             }
         };
         timings.upload_ms = elapsed_ms(started);
-        Finished { delivery, attempts, timings, outcome }
+        Finished {
+            delivery,
+            attempts,
+            timings,
+            outcome,
+        }
     }
 
     /// Writes one object, as a multipart upload when it is large.
@@ -146,7 +164,11 @@ impl Uploader {
                     .bucket(bucket)
                     .key(key)
                     .upload_id(upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
                     .send()
                     .await;
                 match completed {
@@ -164,7 +186,12 @@ impl Uploader {
         }
     }
 
-    async fn upload_parts(&self, key: &str, upload_id: &str, body: &Bytes) -> Result<Vec<CompletedPart>, String> {
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        body: &Bytes,
+    ) -> Result<Vec<CompletedPart>, String> {
         let part_size = self.settings.part_size.max(5 * 1024 * 1024);
         let mut parts = Vec::new();
         let mut start = 0;
@@ -182,7 +209,12 @@ impl Uploader {
                 .send()
                 .await
                 .map_err(|e| DisplayErrorContext(e).to_string())?;
-            parts.push(CompletedPart::builder().part_number(number).set_e_tag(output.e_tag().map(str::to_owned)).build());
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(output.e_tag().map(str::to_owned))
+                    .build(),
+            );
             start = end;
             number += 1;
         }

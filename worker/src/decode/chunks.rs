@@ -26,7 +26,7 @@ pub(super) fn check_signature(bytes: &[u8]) -> Result<(), DecodeError> {
     }
     if bytes.is_empty() {
         return Err(DecodeError::UnsupportedFormat(
-            "the data is empty (0 bytes); only PNG is read".to_string(),
+            "the data is empty (0 bytes), so it is not a PNG image".to_string(),
         ));
     }
     if PNG_SIGNATURE.starts_with(bytes) {
@@ -60,16 +60,21 @@ fn describe_non_png(bytes: &[u8]) -> String {
     ];
     for (signature, name) in known {
         if bytes.starts_with(signature) {
-            return format!("the data starts with the {name} signature, not PNG; only PNG is read");
+            return format!(
+                "the data is a {name} image (it starts with the {name} signature), but only PNG \
+                 is read, so convert it to PNG first"
+            );
         }
     }
     if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        return "the data starts with the WebP signature, not PNG; only PNG is read".to_string();
+        return "the data is a WebP image (it starts with the WebP signature), but only PNG is \
+                read, so convert it to PNG first"
+            .to_string();
     }
     // A DICOM Part 10 file has a 128-byte preamble, then "DICM".
     if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
-        return "the data is a DICOM file (DICM prefix after the 128-byte preamble), not PNG; \
-                only PNG is read"
+        return "the data is a DICOM file (DICM prefix after the 128-byte preamble), but only PNG \
+                is read, so convert it to PNG first"
             .to_string();
     }
     let head = &bytes[..bytes.len().min(64)];
@@ -77,10 +82,10 @@ fn describe_non_png(bytes: &[u8]) -> String {
         .iter()
         .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace() || b >= 0x80);
     if is_text && std::str::from_utf8(head).is_ok() {
-        return "the data looks like text, not PNG; only PNG is read".to_string();
+        return "the data looks like text, not like a PNG image".to_string();
     }
     format!(
-        "the data starts with the bytes {}, not the PNG signature; only PNG is read",
+        "the data starts with the bytes {}, not the PNG signature, so it is not a PNG image",
         hex_prefix(bytes, 8)
     )
 }
@@ -209,7 +214,7 @@ pub(super) fn sanitize<'a>(
     limits: &DecodeLimits,
 ) -> Result<Cow<'a, [u8]>, DecodeError> {
     // Byte ranges of the whole chunks (length, type, data and CRC) that are kept, after IHDR.
-    let mut kept: Vec<Range<usize>> = Vec::new();
+    let mut kept_chunks: Vec<Range<usize>> = Vec::new();
     let mut seen_plte = false;
     let mut seen_idat = false;
     let mut idat_sequence_ended = false;
@@ -270,7 +275,7 @@ pub(super) fn sanitize<'a>(
                 seen_plte = true;
                 // A palette in a truecolour image is only a suggestion for display.
                 if header.color_type == ColorType::Indexed {
-                    kept.push(offset..chunk_end);
+                    kept_chunks.push(offset..chunk_end);
                 }
             }
             b"IDAT" => {
@@ -287,7 +292,7 @@ pub(super) fn sanitize<'a>(
                     ));
                 }
                 seen_idat = true;
-                kept.push(offset..chunk_end);
+                kept_chunks.push(offset..chunk_end);
             }
             b"IEND" => {
                 if !seen_idat {
@@ -300,7 +305,7 @@ pub(super) fn sanitize<'a>(
                         "the IEND chunk is {length} bytes long instead of 0"
                     )));
                 }
-                kept.push(offset..chunk_end);
+                kept_chunks.push(offset..chunk_end);
                 break chunk_end;
             }
             _ if chunk_type[0].is_ascii_uppercase() => {
@@ -320,7 +325,7 @@ pub(super) fn sanitize<'a>(
         offset = chunk_end;
     };
 
-    let contiguous = kept
+    let contiguous = kept_chunks
         .iter()
         .try_fold(HEADER_END, |expected, range| {
             (range.start == expected).then_some(range.end)
@@ -329,10 +334,10 @@ pub(super) fn sanitize<'a>(
     if contiguous {
         return Ok(Cow::Borrowed(&bytes[..iend_end]));
     }
-    let kept_length: usize = kept.iter().map(|range| range.len()).sum();
+    let kept_length: usize = kept_chunks.iter().map(|range| range.len()).sum();
     let mut stream = Vec::with_capacity(HEADER_END + kept_length);
     stream.extend_from_slice(&bytes[..HEADER_END]);
-    for range in kept {
+    for range in kept_chunks {
         stream.extend_from_slice(&bytes[range]);
     }
     Ok(Cow::Owned(stream))
@@ -410,10 +415,10 @@ fn chunk_name(chunk_type: [u8; 4]) -> String {
 }
 
 fn hex_prefix(bytes: &[u8], max_bytes: usize) -> String {
-    let shown: Vec<String> = bytes
+    let hex_bytes: Vec<String> = bytes
         .iter()
         .take(max_bytes)
         .map(|b| format!("{b:02X}"))
         .collect();
-    shown.join(" ")
+    hex_bytes.join(" ")
 }

@@ -71,7 +71,7 @@ pub(super) fn gray16_from_be_bytes(bytes: &[u8], channels: usize) -> Vec<u16> {
 
 /// Unpacks rows of 1-, 2-, 4- or 8-bit values and maps each value through `table`.
 ///
-/// `rows` holds `height` rows of `stride` bytes each, with the first value of a row in
+/// `rows` contains `height` rows of `stride` bytes each, with the first value of a row in
 /// the most significant bits of its first byte, as PNG packs them. `table` has an entry for
 /// every possible value (2^depth entries or more).
 pub(super) fn unpack_rows(

@@ -73,7 +73,7 @@ fn sixteen(image: &GrayImage) -> &[u16] {
     }
 }
 
-/// A small valid 8-bit gray PNG (`width` x `height`, a gradient) made of these chunks.
+/// Builds a valid 8-bit gray PNG of a gradient and returns the file and its raw image data.
 fn gray8_png(width: usize, height: usize) -> (Vec<u8>, Vec<u8>) {
     let samples: Vec<u16> = (0..width * height).map(|i| (i * 7 % 256) as u16).collect();
     let raw = raw_image_data(width, height, 1, 8, &samples, false);
@@ -233,7 +233,7 @@ fn case_p11_processed_within_budget() {
         let (result, peak) = peak_allocation(|| decode_png_with(decoder, &bytes, &limits));
         let image = result.unwrap_or_else(|error| panic!("{decoder:?}: {error}"));
         assert_eq!((image.width, image.height), (10_000, 10_000));
-        // The output is 100 MB. zune-png 0.5 also holds the inflated data and its own
+        // The output is 100 MB. zune-png 0.5 also keeps the inflated data and its own
         // output while unfiltering, about three times as much in all.
         let bound = match decoder {
             Decoder::Png => 110_000_000,

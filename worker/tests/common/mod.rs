@@ -43,7 +43,12 @@ impl Stack {
             .and_then(|rest| rest.split('/').next())
             .expect("RFO_QUEUE_URL is kafka://BROKERS/TOPIC")
             .to_owned();
-        let bucket = |name: &str| env(name).trim_start_matches("s3://").trim_end_matches('/').to_owned();
+        let bucket = |name: &str| {
+            env(name)
+                .trim_start_matches("s3://")
+                .trim_end_matches('/')
+                .to_owned()
+        };
         Stack {
             brokers,
             input_bucket: bucket("RFO_INPUT_URL"),
@@ -53,11 +58,17 @@ impl Stack {
     }
 
     pub async fn s3(&self) -> aws_sdk_s3::Client {
-        rfo_core::s3::client(&S3Settings { force_path_style: true, ..S3Settings::default() }).await
+        rfo_core::s3::client(&S3Settings {
+            force_path_style: true,
+            ..S3Settings::default()
+        })
+        .await
     }
 
     pub async fn db(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.database_url).await.expect("connect to the test database")
+        sqlx::PgPool::connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
     }
 
     /// Creates a topic of its own for one test, with its dead-letter topic beside it.
@@ -72,7 +83,10 @@ impl Stack {
             NewTopic::new(&topic, partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
         ];
-        let results = admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics");
+        let results = admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("create topics");
         for result in results {
             result.expect("topic created");
         }
@@ -92,8 +106,23 @@ impl Stack {
     }
 
     pub async fn get_output(&self, key: &str) -> Option<Vec<u8>> {
-        let out = self.s3().await.get_object().bucket(&self.output_bucket).key(key).send().await.ok()?;
-        Some(out.body.collect().await.expect("read output body").into_bytes().to_vec())
+        let out = self
+            .s3()
+            .await
+            .get_object()
+            .bucket(&self.output_bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        Some(
+            out.body
+                .collect()
+                .await
+                .expect("read output body")
+                .into_bytes()
+                .to_vec(),
+        )
     }
 
     pub async fn list_output(&self, prefix: &str) -> Vec<String> {
@@ -106,7 +135,10 @@ impl Stack {
             .send()
             .await
             .expect("list output bucket");
-        out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
     }
 }
 
@@ -118,7 +150,11 @@ pub fn shared_dir() -> PathBuf {
         if candidate.join("samples").is_dir() {
             return candidate;
         }
-        assert!(dir.pop(), "no shared/samples folder above {}", env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            dir.pop(),
+            "no shared/samples folder above {}",
+            env!("CARGO_MANIFEST_DIR")
+        );
     }
 }
 
@@ -136,7 +172,9 @@ pub fn sample_pngs() -> Vec<PathBuf> {
 
 /// Width and height from a PNG header.
 pub fn png_size(bytes: &[u8]) -> (u32, u32) {
-    let reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().expect("PNG header");
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .expect("PNG header");
     let info = reader.info();
     (info.width, info.height)
 }
@@ -144,19 +182,36 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
 fn binary(name: &str) -> PathBuf {
     // Test binaries live in target/<profile>/deps; the project's binaries one level up.
     let exe = std::env::current_exe().expect("current test binary");
-    let path = exe.parent().and_then(Path::parent).expect("target dir").join(name);
-    assert!(path.exists(), "{} is missing; build it first with `cargo build --release --bins`", path.display());
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; build it first with `cargo build --release --bins`",
+        path.display()
+    );
     path
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Folder for the logs of one test's processes.
 pub fn log_dir(test: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current test binary");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").join("test-logs").join(test);
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("test-logs")
+        .join(test);
     std::fs::create_dir_all(&dir).expect("create log dir");
     dir
 }
@@ -172,7 +227,10 @@ impl Process {
         let file = std::fs::File::create(&log).expect("create log file");
         let mut command = Command::new(binary(name));
         command.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
-        command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        command.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let child = command
             .stdout(file.try_clone().expect("clone log file"))
             .stderr(file)
@@ -202,7 +260,10 @@ impl Process {
 }
 
 fn unsafe_kill(pid: i32, signal: i32) {
-    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for Process {
@@ -232,7 +293,11 @@ impl Deployment {
         let logs = log_dir(test);
         let port = free_port();
         let api_url = format!("http://127.0.0.1:{port}");
-        let api = Process::spawn("rfo-api", &api_env(&stack, &topic, port), logs.join("api.log"));
+        let api = Process::spawn(
+            "rfo-api",
+            &api_env(&stack, &topic, port),
+            logs.join("api.log"),
+        );
         let mut deployment = Deployment {
             stack,
             topic,
@@ -240,7 +305,10 @@ impl Deployment {
             api_url,
             api,
             workers: Vec::new(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
             logs,
         };
         deployment.add_worker();
@@ -250,7 +318,10 @@ impl Deployment {
 
     pub fn worker_env(&self) -> Vec<(&'static str, String)> {
         let mut envs = base_env(&self.stack, &self.topic);
-        envs.push(("RFO_OUTPUT_URL", format!("s3://{}", self.stack.output_bucket)));
+        envs.push((
+            "RFO_OUTPUT_URL",
+            format!("s3://{}", self.stack.output_bucket),
+        ));
         envs.push(("RFO_CONSUMER_GROUP", self.group.clone()));
         envs.push(("RFO_METRICS_LISTEN", format!("127.0.0.1:{}", free_port())));
         envs
@@ -260,19 +331,25 @@ impl Deployment {
     pub fn add_worker(&mut self) -> usize {
         let index = self.workers.len();
         let log = self.logs.join(format!("worker-{index}.log"));
-        self.workers.push(Process::spawn("rfo-worker", &self.worker_env(), log));
+        self.workers
+            .push(Process::spawn("rfo-worker", &self.worker_env(), log));
         index
     }
 
     async fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.api_url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            let url = format!("{}/readyz", self.api_url);
+            if let Ok(r) = self.http.get(url).send().await
+                && r.status().is_success()
+            {
+                return;
             }
-            assert!(Instant::now() < deadline, "rfo-api not ready in time; log:\n{}", self.api.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "rfo-api not ready in time; log:\n{}",
+                self.api.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -290,7 +367,12 @@ impl Deployment {
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}{path}", self.api_url)).send().await.expect("GET");
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api_url))
+            .send()
+            .await
+            .expect("GET");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -306,7 +388,11 @@ impl Deployment {
             assert!(
                 Instant::now() < deadline,
                 "job {job_id} did not reach {statuses:?} in time; last {job}; worker log:\n{}",
-                self.workers.iter().map(Process::log_text).collect::<Vec<_>>().join("\n---\n")
+                self.workers
+                    .iter()
+                    .map(Process::log_text)
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -315,12 +401,20 @@ impl Deployment {
 
 fn base_env(stack: &Stack, topic: &str) -> Vec<(&'static str, String)> {
     let mut envs = vec![
-        ("RFO_QUEUE_URL", format!("kafka://{}/{topic}", stack.brokers)),
+        (
+            "RFO_QUEUE_URL",
+            format!("kafka://{}/{topic}", stack.brokers),
+        ),
         ("RFO_INPUT_URL", format!("s3://{}", stack.input_bucket)),
         ("RFO_DATABASE_URL", stack.database_url.clone()),
         ("RFO_S3_FORCE_PATH_STYLE", "true".to_owned()),
     ];
-    for name in ["AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+    for name in [
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+    ] {
         envs.push((name, env(name)));
     }
     envs
