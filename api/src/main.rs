@@ -1,16 +1,13 @@
 //! `rfo-api`: accepts jobs over HTTP, records them, publishes them to Kafka and serves results.
 
-mod routes;
-mod server;
-mod settings;
-
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 
-use crate::routes::AppState;
-use crate::settings::Args;
+use rfo_api::routes::AppState;
+use rfo_api::server;
+use rfo_api::settings::Args;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -4,18 +4,17 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
-use chrono::{DateTime, SubsecRound, Utc};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
-use rfo_core::config::StorageUrl;
 use rfo_core::db::{JobStore, PoolSettings};
-use rfo_core::job::{JobMessage, validate_key};
-use rfo_core::s3::{self, HeadError, S3Settings};
+use rfo_core::job::{JobMessage, now_micros, validate_key};
+use rfo_core::queue::Publisher;
+use rfo_core::s3::S3Settings;
+use rfo_core::storage::{ObjectStore, StorageError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -27,14 +26,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How long a readiness probe waits for each backend.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The backends and settings every handler shares.
 pub struct AppState {
     pub store: JobStore,
-    s3: aws_sdk_s3::Client,
-    input_bucket: String,
-    input_prefix: String,
-    producer: FutureProducer,
+    input: ObjectStore,
+    publisher: Publisher,
     topic: String,
-    publish_timeout: Duration,
     log_keys: bool,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -44,39 +41,35 @@ impl AppState {
         settings: &Settings,
         metrics: metrics_exporter_prometheus::PrometheusHandle,
     ) -> anyhow::Result<AppState> {
-        let rfo_core::config::DatabaseUrl::Postgres(database_url) = &settings.database;
-        let store = JobStore::connect_lazy(database_url, &PoolSettings::default())?;
-        let StorageUrl::S3 { bucket, prefix } = &settings.input else {
-            anyhow::bail!("RFO_INPUT_URL must be an s3:// URL");
-        };
+        let store = JobStore::open(&settings.database, &PoolSettings::default())
+            .context("invalid RFO_DATABASE_URL")?;
         let s3_settings = S3Settings {
             force_path_style: settings.s3_force_path_style,
             operation_attempt_timeout: Duration::from_secs(5),
             ..S3Settings::default()
         };
-        let s3 = s3::client(&s3_settings).await;
-        let rfo_core::config::QueueUrl::Kafka { brokers, topic } = &settings.queue;
-        let producer: FutureProducer =
-            rfo_core::kafka::producer_config(brokers, settings.publish_timeout_ms, &settings.kafka)
-                .create()
-                .map_err(|e| {
-                    anyhow::anyhow!("failed to create the Kafka producer for RFO_QUEUE_URL: {e}")
-                })?;
+        let input = ObjectStore::open(&settings.input, &s3_settings)
+            .await
+            .context("failed to open RFO_INPUT_URL")?;
+        let publisher = Publisher::open(
+            &settings.queue,
+            Duration::from_millis(settings.publish_timeout_ms),
+            &settings.kafka,
+        )
+        .await
+        .context("failed to open RFO_QUEUE_URL")?;
         Ok(AppState {
             store,
-            s3,
-            input_bucket: bucket.clone(),
-            input_prefix: prefix.clone(),
-            producer,
-            topic: topic.clone(),
-            publish_timeout: Duration::from_millis(settings.publish_timeout_ms),
+            input,
+            publisher,
+            topic: settings.queue.topic().to_owned(),
             log_keys: settings.log_keys,
             metrics,
         })
     }
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Routes one request. Never fails: every error becomes a JSON response.
 pub async fn handle(
@@ -158,7 +151,12 @@ async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
             );
         }
     };
-    let submit: SubmitRequest = match serde_json::from_slice(&body) {
+    submit_body(state, &body).await
+}
+
+/// Handles the body of `POST /submit`. The all-in-one commands call it in-process.
+pub async fn submit_body(state: &AppState, body: &[u8]) -> HttpResponse {
+    let submit: SubmitRequest = match serde_json::from_slice(body) {
         Ok(s) => s,
         Err(error) => {
             return error_response(
@@ -174,32 +172,35 @@ async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
         return error_response(StatusCode::BAD_REQUEST, "invalid_key", error.to_string());
     }
 
-    let object_key = format!("{}{}", state.input_prefix, submit.image_key);
-    let etag = match s3::head(&state.s3, &state.input_bucket, &object_key).await {
+    let etag = match state.input.head(&submit.image_key).await {
         Ok(info) => info.etag,
-        Err(HeadError::NotFound) => {
+        Err(StorageError::NotFound) => {
             return error_response(
                 StatusCode::NOT_FOUND,
                 "input_not_found",
                 format!(
-                    "no object {:?} in bucket {}; upload the image first",
-                    submit.image_key, state.input_bucket
+                    "no object {:?} in {}; upload the image first",
+                    submit.image_key,
+                    state.input.location()
                 ),
             );
         }
-        Err(HeadError::Unavailable(error)) => {
-            tracing::warn!(%error, "input bucket lookup failed");
+        Err(StorageError::InvalidKey(reason)) => {
+            return error_response(StatusCode::BAD_REQUEST, "invalid_key", reason);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "input store lookup failed");
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",
-                "the input bucket could not be reached; retry later",
+                "the input store could not be reached; retry later",
             );
         }
     };
 
     let job_id = Uuid::now_v7();
-    // PostgreSQL keeps microseconds, so the API returns what the row will hold.
-    let created_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
+    // Both databases keep microseconds, so the API returns what the row will hold.
+    let created_at = now_micros();
     if let Err(error) = state
         .store
         .insert_queued(job_id, &submit.image_key, etag.as_deref(), created_at)
@@ -213,15 +214,9 @@ async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
         );
     }
 
-    let message = JobMessage::new(job_id, submit.image_key.clone(), created_at).to_json();
-    let key = job_id.to_string();
-    let record = FutureRecord::to(&state.topic).key(&key).payload(&message);
-    if let Err((error, _)) = state
-        .producer
-        .send(record, Timeout::After(state.publish_timeout))
-        .await
-    {
-        tracing::warn!(%job_id, %error, "broker did not acknowledge the job");
+    let message = JobMessage::new(job_id, submit.image_key.clone(), created_at);
+    if let Err(error) = state.publisher.publish(&message).await {
+        tracing::warn!(%job_id, %error, "the queue did not acknowledge the job");
         let reason = format!("the queue did not accept the job: {error}");
         if let Err(db_error) = state.store.mark_unqueued(job_id, &reason).await {
             // NOTE: the row stays `queued`; a worker's result replaces it if the broker did
@@ -246,7 +241,8 @@ async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
     )
 }
 
-async fn recent(state: &AppState, query: Option<&str>) -> HttpResponse {
+/// Handles `GET /recent` with the request's query string.
+pub async fn recent(state: &AppState, query: Option<&str>) -> HttpResponse {
     let mut limit = 10;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -305,22 +301,18 @@ async fn job(state: &AppState, id: &str) -> HttpResponse {
 async fn ready(state: &AppState) -> HttpResponse {
     let database = tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await;
     let database_ok = matches!(database, Ok(Ok(())));
-    let producer = state.producer.clone();
-    let topic = state.topic.clone();
-    let queue_ok = tokio::task::spawn_blocking(move || {
-        producer
-            .client()
-            .fetch_metadata(Some(&topic), Timeout::After(READY_TIMEOUT))
-            .is_ok()
-    })
-    .await
-    .unwrap_or(false);
-    let status = if database_ok && queue_ok {
+    let queue_ok = state.publisher.ready(READY_TIMEOUT).await;
+    let storage = tokio::time::timeout(READY_TIMEOUT, state.input.check()).await;
+    let storage_ok = matches!(storage, Ok(Ok(())));
+    let status = if database_ok && queue_ok && storage_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(status, &json!({"database": database_ok, "queue": queue_ok}))
+    json_response(
+        status,
+        &json!({"database": database_ok, "queue": queue_ok, "storage": storage_ok}),
+    )
 }
 
 fn metrics_response(state: &AppState) -> HttpResponse {

@@ -4,21 +4,24 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use clap::Parser;
-use rfo_core::config::{ConfigError, DatabaseUrl, QueueUrl, StorageUrl, kafka_overrides};
+use rfo_core::config::{
+    ConfigError, DEFAULT_DATABASE_URL, DEFAULT_INPUT_URL, DEFAULT_QUEUE_URL, DatabaseUrl, QueueUrl,
+    StorageUrl, kafka_overrides,
+};
 
 /// Settings of `rfo-api`. Each flag can also be set by the environment variable it names;
 /// the flag wins.
 #[derive(Debug, Parser)]
 #[command(name = "rfo-api", version, about = "HTTP API of rfo")]
 pub struct Args {
-    /// Queue the jobs are published to: kafka://HOST:PORT[,HOST:PORT]/TOPIC.
-    #[arg(long, env = "RFO_QUEUE_URL")]
+    /// Queue the jobs are published to: kafka://HOST:PORT[,HOST:PORT]/TOPIC or embedded://PATH.
+    #[arg(long, env = "RFO_QUEUE_URL", default_value = DEFAULT_QUEUE_URL)]
     pub queue_url: String,
-    /// Where input images are looked up: s3://BUCKET[/PREFIX].
-    #[arg(long, env = "RFO_INPUT_URL")]
+    /// Where input images are looked up: s3://BUCKET[/PREFIX], file:///PATH or a plain path.
+    #[arg(long, env = "RFO_INPUT_URL", default_value = DEFAULT_INPUT_URL)]
     pub input_url: String,
-    /// Job database: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
-    #[arg(long, env = "RFO_DATABASE_URL")]
+    /// Job database: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or sqlite://PATH.
+    #[arg(long, env = "RFO_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
     /// Address the HTTP server listens on.
     #[arg(long, env = "RFO_LISTEN", default_value = "127.0.0.1:8000")]
@@ -61,14 +64,6 @@ impl Args {
             )
         })?;
         let input = StorageUrl::parse("RFO_INPUT_URL", &self.input_url)?;
-        if !matches!(input, StorageUrl::S3 { .. }) {
-            // TODO: file:// input storage for single-machine runs is not built yet.
-            return Err(ConfigError::new(
-                "RFO_INPUT_URL",
-                &self.input_url,
-                "expected s3://BUCKET[/PREFIX]",
-            ));
-        }
         if !(100..=120_000).contains(&self.publish_timeout_ms) {
             return Err(ConfigError::new(
                 "RFO_PUBLISH_TIMEOUT_MS",

@@ -27,19 +27,43 @@ impl ConfigError {
     }
 }
 
+/// Default of `RFO_QUEUE_URL`: the embedded queue in the data folder.
+pub const DEFAULT_QUEUE_URL: &str = "embedded://./data/queue.db";
+/// Default of `RFO_INPUT_URL`.
+pub const DEFAULT_INPUT_URL: &str = "./data/input";
+/// Default of `RFO_OUTPUT_URL`.
+pub const DEFAULT_OUTPUT_URL: &str = "./data/output";
+/// Default of `RFO_DATABASE_URL`.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/rfo.db";
+/// Name the embedded queue reports where Kafka reports its topic.
+pub const EMBEDDED_TOPIC: &str = "rfo-jobs";
+
 /// Where jobs are queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueUrl {
     /// `kafka://host1:9092,host2:9092/topic`
     Kafka { brokers: String, topic: String },
+    /// `embedded://path/to/queue.db`: a queue in a SQLite file that needs no server and that
+    /// processes on one machine share.
+    Embedded { path: PathBuf },
 }
 
 impl QueueUrl {
     pub fn parse(variable: &str, value: &str) -> Result<QueueUrl, ConfigError> {
-        let valid = "expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC";
+        if let Some(path) = value.strip_prefix("embedded://") {
+            if path.is_empty() {
+                return Err(ConfigError::new(
+                    variable,
+                    value,
+                    "expected embedded://PATH, for example embedded://./data/queue.db",
+                ));
+            }
+            return Ok(QueueUrl::Embedded {
+                path: PathBuf::from(path),
+            });
+        }
+        let valid = "expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC or embedded://PATH";
         let Some(rest) = value.strip_prefix("kafka://") else {
-            // TODO: the embedded queue of single-machine runs is not built yet, so only Kafka
-            // can be named here.
             return Err(ConfigError::new(variable, value, valid));
         };
         let Some((brokers, topic)) = rest.split_once('/') else {
@@ -79,9 +103,11 @@ impl QueueUrl {
         })
     }
 
+    /// Returns the Kafka topic, or the embedded queue's fixed name.
     pub fn topic(&self) -> &str {
         match self {
             QueueUrl::Kafka { topic, .. } => topic,
+            QueueUrl::Embedded { .. } => EMBEDDED_TOPIC,
         }
     }
 }
@@ -136,6 +162,8 @@ impl StorageUrl {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Postgres(String),
+    /// `sqlite://path/to/rfo.db`; the file is created when missing.
+    Sqlite(PathBuf),
 }
 
 impl DatabaseUrl {
@@ -144,11 +172,21 @@ impl DatabaseUrl {
             Url::parse(value).map_err(|e| ConfigError::new(variable, value, e.to_string()))?;
             return Ok(DatabaseUrl::Postgres(value.to_owned()));
         }
-        // TODO: SQLite for single-machine runs is not built yet.
+        if let Some(path) = value.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(ConfigError::new(
+                    variable,
+                    value,
+                    "expected sqlite://PATH, for example sqlite://./data/rfo.db",
+                ));
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
         Err(ConfigError::new(
             variable,
             value,
-            "expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+            "expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or sqlite://PATH",
         ))
     }
 }
@@ -213,6 +251,26 @@ mod tests {
         assert!(QueueUrl::parse("Q", "kafka://a/t").is_err());
         assert!(QueueUrl::parse("Q", "kafka://a:1/bad topic").is_err());
         assert!(QueueUrl::parse("Q", "amqp://a:1/t").is_err());
+        assert!(QueueUrl::parse("Q", "embedded://").is_err());
+    }
+
+    #[test]
+    fn embedded_urls_parse() {
+        assert_eq!(
+            QueueUrl::parse("Q", DEFAULT_QUEUE_URL).unwrap(),
+            QueueUrl::Embedded {
+                path: "./data/queue.db".into()
+            }
+        );
+        assert_eq!(
+            DatabaseUrl::parse("D", DEFAULT_DATABASE_URL).unwrap(),
+            DatabaseUrl::Sqlite("./data/rfo.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("D", "sqlite:///var/lib/rfo/rfo.db").unwrap(),
+            DatabaseUrl::Sqlite("/var/lib/rfo/rfo.db".into())
+        );
+        assert!(DatabaseUrl::parse("D", "sqlite://").is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The job message published to Kafka and the image-key rules both binaries apply.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -102,6 +102,11 @@ pub fn overlay_key(job_id: Uuid) -> String {
 /// Key of the small preview written beside the overlay.
 pub fn preview_key(job_id: Uuid) -> String {
     format!("overlays/{job_id}.preview.png")
+}
+
+/// Returns the current time truncated to microseconds, the precision both databases keep.
+pub fn now_micros() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
 }
 
 /// Formats a timestamp as RFC 3339 in UTC with microseconds, the form the API returns.

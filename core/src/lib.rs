@@ -7,8 +7,10 @@ pub mod error;
 pub mod job;
 pub mod kafka;
 pub mod logging;
+pub mod queue;
 pub mod record;
 pub mod s3;
+pub mod storage;
 
 pub use error::{ErrorCode, ErrorKind, JobError};
 pub use job::JobMessage;

@@ -1,20 +1,19 @@
 //! Insert stage: writes finished jobs to the database in batches, one statement per batch,
-//! then commits the Kafka offsets that the batch made durable.
+//! then acknowledges to the queue what the batch made durable.
 //!
 //! A batch holds at most `max_batch` jobs and waits at most `linger` for more. While the
 //! database is unreachable the stage retries the same batch, so the pipeline behind it fills
 //! and stops: an outage delays jobs but fails none.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer};
+use rfo_core::ErrorKind;
 use rfo_core::db::JobStore;
 use rfo_core::record::{Detection, JobResult};
 use tokio::sync::{mpsc, watch};
 
-use crate::fetch::{JobConsumer, lock, offsets_list};
-use crate::offsets::OffsetTracker;
+use crate::acknowledge::{Acknowledger, DeadLetter, Settled};
 use crate::retry::Backoff;
 use crate::stage::{Finished, elapsed_ms};
 
@@ -34,9 +33,7 @@ pub struct InsertSettings {
 
 pub struct Inserter {
     pub store: JobStore,
-    pub consumer: Arc<JobConsumer>,
-    pub offsets: Arc<Mutex<OffsetTracker>>,
-    pub topic: String,
+    pub acknowledger: Arc<Acknowledger>,
     pub settings: InsertSettings,
 }
 
@@ -62,7 +59,7 @@ impl Inserter {
             }
             self.write(&mut batch, &shutdown).await;
         }
-        self.commit(CommitMode::Sync);
+        self.acknowledger.finish();
         tracing::info!("insert stage stopped");
     }
 
@@ -96,13 +93,8 @@ impl Inserter {
         metrics::histogram!("rfo_stage_duration_seconds", "stage" => "insert")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("rfo_insert_batch_size").record(batch.len() as f64);
-        {
-            let mut offsets = lock(&self.offsets);
-            for item in batch.iter() {
-                offsets.complete(item.delivery.partition, item.delivery.offset);
-            }
-        }
-        self.commit(CommitMode::Async);
+        let settled = batch.iter().map(settle).collect();
+        self.acknowledger.settle(settled, shutdown).await;
         for item in batch.drain(..) {
             log_job(&item, insert_ms, self.settings.log_keys);
         }
@@ -131,16 +123,23 @@ impl Inserter {
             processed_at,
         }
     }
+}
 
-    fn commit(&self, mode: CommitMode) {
-        let moved = lock(&self.offsets).take_committable();
-        if moved.is_empty() {
-            return;
-        }
-        let tpl = offsets_list(&self.topic, &moved);
-        if let Err(error) = self.consumer.commit(&tpl, mode) {
-            tracing::warn!(%error, "failed to commit offsets; the next commit covers them");
-        }
+/// Decides how a recorded job is acknowledged: a transient failure that spent its retry
+/// budget also goes to the dead-letter queue.
+fn settle(item: &Finished) -> Settled {
+    let dead_letter = match &item.outcome {
+        Err(error) if error.code.kind() == ErrorKind::Transient => Some(DeadLetter {
+            key: item.delivery.message.job_id.to_string(),
+            payload: item.delivery.payload.clone(),
+            code: error.code.as_str(),
+            attempts: item.attempts,
+        }),
+        _ => None,
+    };
+    Settled {
+        receipt: item.delivery.receipt,
+        dead_letter,
     }
 }
 

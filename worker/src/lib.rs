@@ -1,10 +1,12 @@
 //! The rfo worker's stages, the image code they run, and the wiring between them.
 
+pub mod acknowledge;
 pub mod decode;
 pub mod detect;
 pub mod download;
-pub mod fetch;
+pub mod embedded_source;
 pub mod insert;
+pub mod kafka_source;
 pub mod offsets;
 pub mod overlay;
 pub mod pipeline;

@@ -1,34 +1,45 @@
 //! Wires the stages together, from the insert stage back to the fetch stage:
 //!
 //! ```text
-//! fetch -> download -> decode + detect + overlay + encode -> upload -> batched insert -> commit
+//! fetch -> download -> decode + detect + overlay + encode -> upload -> batched insert -> ack
 //! ```
 //!
 //! Each pair of stages is joined by a bounded channel of `channel_capacity` jobs. Shutdown
 //! stops the fetch stage; each later stage ends when the channel before it is closed and empty.
+//! The stages are the same for every backend; only the fetch stage and the acknowledgement
+//! differ between Kafka and the embedded queue.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
-use rfo_core::config::{DatabaseUrl, QueueUrl};
+use rfo_core::config::QueueUrl;
 use rfo_core::db::{JobStore, PoolSettings};
+use rfo_core::queue::EmbeddedQueue;
 use rfo_core::s3::S3Settings;
+use rfo_core::storage::ObjectStore;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
+use crate::acknowledge::Acknowledger;
 use crate::decode::DecodeLimits;
-use crate::detect::{Detector, RandomDetector};
+use crate::detect::{Detector, ExposureDetector, RandomDetector};
 use crate::download::{DownloadSettings, Downloader};
-use crate::fetch::{DeadLetters, JobConsumer, WorkerContext};
 use crate::insert::{InsertSettings, Inserter};
+use crate::kafka_source::{DeadLetters, JobConsumer, WorkerContext};
 use crate::offsets::OffsetTracker;
 use crate::overlay::EncodeSettings;
 use crate::process::Processor;
 use crate::retry::Backoff;
 use crate::settings::Settings;
+use crate::stage::Delivery;
 use crate::upload::{UploadSettings, Uploader};
+
+/// Attempts per job of a download or an upload before the job fails as `storage_unavailable`.
+const STORAGE_ATTEMPTS: u32 = 5;
 
 /// Runs the pipeline until `shutdown` turns true and the stages have drained.
 pub async fn run(
@@ -36,51 +47,33 @@ pub async fn run(
     store: JobStore,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let QueueUrl::Kafka { brokers, topic } = &settings.queue;
-    let offsets = Arc::new(Mutex::new(OffsetTracker::default()));
-    let context = WorkerContext {
-        topic: topic.clone(),
-        offsets: offsets.clone(),
-    };
-    let consumer: JobConsumer =
-        rfo_core::kafka::consumer_config(brokers, &settings.consumer_group, &settings.kafka)
-            .create_with_context(context)
-            .context("failed to create the Kafka consumer for RFO_QUEUE_URL")?;
-    consumer
-        .subscribe(&[topic])
-        .with_context(|| format!("failed to subscribe to topic {topic}"))?;
-    let consumer = Arc::new(consumer);
-    let producer: FutureProducer =
-        rfo_core::kafka::producer_config(brokers, 30_000, &settings.kafka)
-            .create()
-            .context("failed to create the Kafka producer of the dead-letter topic")?;
-    let dead_letters = Arc::new(DeadLetters {
-        producer,
-        topic: format!("{topic}.dlq"),
-    });
-
-    let s3 = rfo_core::s3::client(&S3Settings {
+    let s3_settings = S3Settings {
         force_path_style: settings.s3_force_path_style,
         ..S3Settings::default()
-    })
-    .await;
+    };
+    let input = ObjectStore::open(&settings.input, &s3_settings)
+        .await
+        .context("failed to open RFO_INPUT_URL")?;
+    let output = ObjectStore::open(&settings.output, &s3_settings)
+        .await
+        .context("failed to open RFO_OUTPUT_URL")?;
     let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let capacity = settings.channel_capacity;
+    let source = Source::open(&settings).await?;
 
-    // Insert stage and offset commit.
+    // Insert stage and acknowledgement.
+    let detector = detector(&settings.detector);
     let (finished_tx, finished_rx) = mpsc::channel(capacity.max(settings.batch_size));
     let inserter = Inserter {
         store,
-        consumer: consumer.clone(),
-        offsets: offsets.clone(),
-        topic: topic.clone(),
+        acknowledger: source.acknowledger.clone(),
         settings: InsertSettings {
             max_batch: settings.batch_size,
             linger: Duration::from_millis(settings.batch_linger_ms),
             backoff,
             shutdown_retry: Duration::from_secs(settings.shutdown_timeout_s / 2),
-            detector: settings.detector.clone(),
-            detector_version: RandomDetector.version().to_owned(),
+            detector: detector.name().to_owned(),
+            detector_version: detector.version().to_owned(),
             log_keys: settings.log_keys,
         },
     };
@@ -89,14 +82,10 @@ pub async fn run(
     // Upload stage.
     let (processed_tx, processed_rx) = mpsc::channel(capacity);
     let uploader = Arc::new(Uploader {
-        client: s3.clone(),
+        output,
         settings: UploadSettings {
-            bucket: settings.output.0.clone(),
-            prefix: settings.output.1.clone(),
             concurrency: settings.upload_concurrency,
-            multipart_threshold: 16 * 1024 * 1024,
-            part_size: 8 * 1024 * 1024,
-            max_attempts: 5,
+            max_attempts: STORAGE_ATTEMPTS,
             backoff,
         },
     });
@@ -121,7 +110,7 @@ pub async fn run(
             max_side: settings.max_side,
             ..DecodeLimits::default()
         },
-        detector: Arc::new(RandomDetector),
+        detector,
         encode: EncodeSettings::default(),
     });
     let process_task = tokio::spawn(processor.run(downloaded_rx, processed_tx));
@@ -129,47 +118,176 @@ pub async fn run(
     // Download stage.
     let (delivery_tx, delivery_rx) = mpsc::channel(capacity);
     let downloader = Arc::new(Downloader {
-        client: s3,
+        input,
         settings: DownloadSettings {
-            bucket: settings.input.0.clone(),
-            prefix: settings.input.1.clone(),
             concurrency: settings.download_concurrency,
             max_input_bytes: settings.max_input_bytes,
-            max_attempts: 5,
+            max_attempts: STORAGE_ATTEMPTS,
             backoff,
         },
     });
     let download_task = tokio::spawn(downloader.run(delivery_rx, downloaded_tx));
 
     // Fetch stage.
-    tracing::info!(%topic, group = %settings.consumer_group, cpu_threads = threads, channel_capacity = capacity, "rfo-worker started");
-    let fetch_task = tokio::spawn(crate::fetch::run(
-        consumer.clone(),
-        offsets,
-        dead_letters,
-        delivery_tx,
-        shutdown,
-    ));
+    tracing::info!(
+        queue = %settings.queue.topic(),
+        cpu_threads = threads,
+        channel_capacity = capacity,
+        "rfo-worker started"
+    );
+    let fetch_task = source.spawn_fetch(delivery_tx, shutdown);
 
-    for (name, task) in [
+    let stages = [
         ("fetch", fetch_task),
         ("download", download_task),
         ("process", process_task),
         ("upload", upload_task),
         ("insert", insert_task),
-    ] {
+    ];
+    for (name, task) in stages {
         task.await
             .with_context(|| format!("the {name} stage panicked"))?;
     }
-    consumer.unsubscribe();
+    source.close();
     tracing::info!("rfo-worker drained");
     Ok(())
 }
 
+/// The queue side of the pipeline: where deliveries come from and how they are acknowledged.
+struct Source {
+    acknowledger: Arc<Acknowledger>,
+    backend: SourceBackend,
+}
+
+enum SourceBackend {
+    Kafka {
+        consumer: Arc<JobConsumer>,
+        offsets: Arc<Mutex<OffsetTracker>>,
+        dead_letters: Arc<DeadLetters>,
+    },
+    Embedded {
+        queue: EmbeddedQueue,
+        renewal: JoinHandle<()>,
+    },
+}
+
+impl Source {
+    async fn open(settings: &Settings) -> anyhow::Result<Source> {
+        match &settings.queue {
+            QueueUrl::Kafka { brokers, topic } => {
+                let offsets = Arc::new(Mutex::new(OffsetTracker::default()));
+                let context = WorkerContext {
+                    topic: topic.clone(),
+                    offsets: offsets.clone(),
+                };
+                let config = rfo_core::kafka::consumer_config(
+                    brokers,
+                    &settings.consumer_group,
+                    &settings.kafka,
+                );
+                let consumer: JobConsumer = config
+                    .create_with_context(context)
+                    .context("failed to create the Kafka consumer for RFO_QUEUE_URL")?;
+                consumer
+                    .subscribe(&[topic])
+                    .with_context(|| format!("failed to subscribe to topic {topic}"))?;
+                let consumer = Arc::new(consumer);
+                let producer: FutureProducer =
+                    rfo_core::kafka::producer_config(brokers, 30_000, &settings.kafka)
+                        .create()
+                        .context("failed to create the Kafka producer of the dead-letter topic")?;
+                let dead_letters = Arc::new(DeadLetters {
+                    producer,
+                    topic: format!("{topic}.dlq"),
+                });
+                let acknowledger = Arc::new(Acknowledger::Kafka {
+                    consumer: consumer.clone(),
+                    offsets: offsets.clone(),
+                    topic: topic.clone(),
+                    dead_letters: dead_letters.clone(),
+                });
+                Ok(Source {
+                    acknowledger,
+                    backend: SourceBackend::Kafka {
+                        consumer,
+                        offsets,
+                        dead_letters,
+                    },
+                })
+            }
+            QueueUrl::Embedded { path } => {
+                let queue = EmbeddedQueue::open(path, rfo_core::queue::DEFAULT_LEASE)
+                    .await
+                    .with_context(|| {
+                        format!("failed to open the embedded queue {}", path.display())
+                    })?;
+                let in_flight = Arc::new(Mutex::new(BTreeSet::new()));
+                let renewal = tokio::spawn(crate::embedded_source::renew(
+                    queue.clone(),
+                    in_flight.clone(),
+                ));
+                let acknowledger = Arc::new(Acknowledger::Embedded {
+                    queue: queue.clone(),
+                    in_flight,
+                });
+                Ok(Source {
+                    acknowledger,
+                    backend: SourceBackend::Embedded { queue, renewal },
+                })
+            }
+        }
+    }
+
+    fn spawn_fetch(
+        &self,
+        deliveries: mpsc::Sender<Delivery>,
+        shutdown: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        match &self.backend {
+            SourceBackend::Kafka {
+                consumer,
+                offsets,
+                dead_letters,
+            } => tokio::spawn(crate::kafka_source::run(
+                consumer.clone(),
+                offsets.clone(),
+                dead_letters.clone(),
+                deliveries,
+                shutdown,
+            )),
+            SourceBackend::Embedded { queue, .. } => {
+                let Acknowledger::Embedded { in_flight, .. } = self.acknowledger.as_ref() else {
+                    unreachable!("an embedded source has an embedded acknowledger");
+                };
+                tokio::spawn(crate::embedded_source::run(
+                    queue.clone(),
+                    in_flight.clone(),
+                    deliveries,
+                    shutdown,
+                ))
+            }
+        }
+    }
+
+    fn close(self) {
+        match self.backend {
+            SourceBackend::Kafka { consumer, .. } => consumer.unsubscribe(),
+            SourceBackend::Embedded { renewal, .. } => renewal.abort(),
+        }
+    }
+}
+
+/// Returns the detector named by `RFO_DETECTOR`, which the settings have validated.
+pub fn detector(name: &str) -> Arc<dyn Detector> {
+    match name {
+        "exposure" => Arc::new(ExposureDetector),
+        _ => Arc::new(RandomDetector),
+    }
+}
+
 /// Opens the job store named by the settings.
-pub fn open_store(database: &DatabaseUrl) -> anyhow::Result<JobStore> {
-    let DatabaseUrl::Postgres(url) = database;
-    JobStore::connect_lazy(url, &PoolSettings::default()).context("invalid RFO_DATABASE_URL")
+pub fn open_store(database: &rfo_core::config::DatabaseUrl) -> anyhow::Result<JobStore> {
+    JobStore::open(database, &PoolSettings::default()).context("invalid RFO_DATABASE_URL")
 }
 
 fn num_cpus() -> usize {

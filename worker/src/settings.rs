@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
 use rfo_core::config::{
-    ConfigError, DatabaseUrl, QueueUrl, StorageUrl, kafka_overrides, parse_bool,
+    ConfigError, DEFAULT_DATABASE_URL, DEFAULT_INPUT_URL, DEFAULT_OUTPUT_URL, DEFAULT_QUEUE_URL,
+    DatabaseUrl, QueueUrl, StorageUrl, kafka_overrides, parse_bool,
 };
 
 /// Settings of `rfo-worker`. Each flag can also be set by the environment variable it names;
@@ -15,18 +16,18 @@ use rfo_core::config::{
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Queue the jobs are read from: kafka://HOST:PORT[,HOST:PORT]/TOPIC.
-    #[arg(long, env = "RFO_QUEUE_URL", global = true)]
-    pub queue_url: Option<String>,
-    /// Where input images are read: s3://BUCKET[/PREFIX].
-    #[arg(long, env = "RFO_INPUT_URL", global = true)]
-    pub input_url: Option<String>,
-    /// Where overlays are written: s3://BUCKET[/PREFIX].
-    #[arg(long, env = "RFO_OUTPUT_URL", global = true)]
-    pub output_url: Option<String>,
-    /// Job database: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
-    #[arg(long, env = "RFO_DATABASE_URL", global = true)]
-    pub database_url: Option<String>,
+    /// Queue the jobs are read from: kafka://HOST:PORT[,HOST:PORT]/TOPIC or embedded://PATH.
+    #[arg(long, env = "RFO_QUEUE_URL", global = true, default_value = DEFAULT_QUEUE_URL)]
+    pub queue_url: String,
+    /// Where input images are read: s3://BUCKET[/PREFIX], file:///PATH or a plain path.
+    #[arg(long, env = "RFO_INPUT_URL", global = true, default_value = DEFAULT_INPUT_URL)]
+    pub input_url: String,
+    /// Where overlays are written: s3://BUCKET[/PREFIX], file:///PATH or a plain path.
+    #[arg(long, env = "RFO_OUTPUT_URL", global = true, default_value = DEFAULT_OUTPUT_URL)]
+    pub output_url: String,
+    /// Job database: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or sqlite://PATH.
+    #[arg(long, env = "RFO_DATABASE_URL", global = true, default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
     /// Kafka consumer group shared by all workers.
     #[arg(long, env = "RFO_CONSUMER_GROUP", default_value = "rfo-workers")]
     pub consumer_group: String,
@@ -36,7 +37,8 @@ pub struct Args {
     /// Path-style S3 addressing, which most local S3 servers need (true or false).
     #[arg(long, env = "RFO_S3_FORCE_PATH_STYLE", default_value = "false")]
     pub s3_force_path_style: String,
-    /// Detector to run: random.
+    /// Detector to run: random (a placeholder box seeded by the job id) or exposure (the box of
+    /// the exposed region).
     #[arg(long, env = "RFO_DETECTOR", default_value = "random")]
     pub detector: String,
     /// Allow image keys in debug-level log lines (true or false).
@@ -89,8 +91,8 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub queue: QueueUrl,
-    pub input: (String, String),
-    pub output: (String, String),
+    pub input: StorageUrl,
+    pub output: StorageUrl,
     pub database: DatabaseUrl,
     pub consumer_group: String,
     pub metrics_listen: SocketAddr,
@@ -111,28 +113,6 @@ pub struct Settings {
     pub kafka: BTreeMap<String, String>,
 }
 
-fn required<'a>(variable: &str, value: &'a Option<String>) -> Result<&'a str, ConfigError> {
-    value.as_deref().ok_or_else(|| {
-        ConfigError::new(
-            variable,
-            "",
-            "the setting is missing; `eval \"$(ops/stack start)\"` sets it for the local stack",
-        )
-    })
-}
-
-fn s3_url(variable: &str, value: &str) -> Result<(String, String), ConfigError> {
-    match StorageUrl::parse(variable, value)? {
-        StorageUrl::S3 { bucket, prefix } => Ok((bucket, prefix)),
-        // TODO: file:// storage for single-machine runs is not built yet.
-        StorageUrl::File { .. } => Err(ConfigError::new(
-            variable,
-            value,
-            "expected s3://BUCKET[/PREFIX]",
-        )),
-    }
-}
-
 fn positive(variable: &str, value: usize, max: usize) -> Result<usize, ConfigError> {
     if value == 0 || value > max {
         return Err(ConfigError::new(
@@ -147,10 +127,7 @@ fn positive(variable: &str, value: usize, max: usize) -> Result<usize, ConfigErr
 impl Args {
     /// Validates the database setting alone, for the `migrate` command.
     pub fn database(&self) -> Result<DatabaseUrl, ConfigError> {
-        DatabaseUrl::parse(
-            "RFO_DATABASE_URL",
-            required("RFO_DATABASE_URL", &self.database_url)?,
-        )
+        DatabaseUrl::parse("RFO_DATABASE_URL", &self.database_url)
     }
 
     pub fn validate(&self) -> Result<Settings, ConfigError> {
@@ -161,11 +138,11 @@ impl Args {
                 "expected HOST:PORT, for example 127.0.0.1:9750",
             )
         })?;
-        if self.detector != "random" {
+        if !matches!(self.detector.as_str(), "random" | "exposure") {
             return Err(ConfigError::new(
                 "RFO_DETECTOR",
                 &self.detector,
-                "expected random",
+                "expected random or exposure",
             ));
         }
         if self.consumer_group.is_empty() {
@@ -183,12 +160,9 @@ impl Args {
             ));
         }
         Ok(Settings {
-            queue: QueueUrl::parse("RFO_QUEUE_URL", required("RFO_QUEUE_URL", &self.queue_url)?)?,
-            input: s3_url("RFO_INPUT_URL", required("RFO_INPUT_URL", &self.input_url)?)?,
-            output: s3_url(
-                "RFO_OUTPUT_URL",
-                required("RFO_OUTPUT_URL", &self.output_url)?,
-            )?,
+            queue: QueueUrl::parse("RFO_QUEUE_URL", &self.queue_url)?,
+            input: StorageUrl::parse("RFO_INPUT_URL", &self.input_url)?,
+            output: StorageUrl::parse("RFO_OUTPUT_URL", &self.output_url)?,
             database: self.database()?,
             consumer_group: self.consumer_group.clone(),
             metrics_listen,

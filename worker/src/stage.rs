@@ -7,12 +7,20 @@ use rfo_core::JobError;
 use rfo_core::JobMessage;
 use rfo_core::record::BoundingBox;
 
+/// What the queue needs back to acknowledge a delivery once its result is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    Kafka { partition: i32, offset: i64 },
+    Embedded { seq: i64 },
+}
+
 /// A job taken from the queue.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub partition: i32,
-    pub offset: i64,
+    pub receipt: Receipt,
     pub message: JobMessage,
+    /// The record's value as it was read, for the dead-letter queue.
+    pub payload: Vec<u8>,
     pub fetched_at: Instant,
 }
 

@@ -1,47 +1,20 @@
-//! The `jobs` table in PostgreSQL: submission rows, batched result upserts and the queries
-//! behind `GET /jobs/{id}` and `GET /recent`.
-
-use std::time::Duration;
+//! The PostgreSQL backend of the job table. A result batch is written by one UNNEST upsert.
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, FromRow};
 use uuid::Uuid;
 
+use super::{DbError, PoolSettings, ResultRow, SELECT_COLUMNS, StoredJob};
 use crate::error::ErrorCode;
-use crate::record::{BoundingBox, BoxCoordinates, ErrorBody, JobResult, JobStatus, JobView};
+use crate::record::{BoundingBox, JobView};
 
 /// Migrations of the PostgreSQL schema, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// Error of a database call. Every variant is transient: the caller retries or answers 503.
-#[derive(Debug, thiserror::Error)]
-#[error("database request failed: {0}")]
-pub struct DbError(#[from] pub sqlx::Error);
-
-/// Settings of the connection pool.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_connections: u32,
-    /// How long a caller waits for a connection before the request fails.
-    pub acquire_timeout: Duration,
-    /// Server-side limit on one statement.
-    pub statement_timeout: Duration,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        PoolSettings {
-            max_connections: 8,
-            acquire_timeout: Duration::from_secs(3),
-            statement_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Handle on the job table.
+/// Job table in PostgreSQL.
 #[derive(Clone)]
-pub struct JobStore {
+pub struct PgStore {
     pool: PgPool,
 }
 
@@ -63,12 +36,9 @@ struct JobRow {
     processed_at: Option<DateTime<Utc>>,
 }
 
-const SELECT_COLUMNS: &str = "job_id, image_key, status, overlay_key, preview_key, boxes, width, \
-     height, detector, error_code, error_message, attempts, created_at, processed_at";
-
-impl JobStore {
+impl PgStore {
     /// Opens a lazily connecting pool, so a binary starts even while the database is down.
-    pub fn connect_lazy(url: &str, settings: &PoolSettings) -> Result<JobStore, DbError> {
+    pub fn connect_lazy(url: &str, settings: &PoolSettings) -> Result<PgStore, DbError> {
         let statement_timeout = settings.statement_timeout.as_millis().to_string();
         let options: PgConnectOptions = url
             .parse::<PgConnectOptions>()?
@@ -78,7 +48,7 @@ impl JobStore {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options);
-        Ok(JobStore { pool })
+        Ok(PgStore { pool })
     }
 
     /// Applies the embedded migrations that the database does not have yet.
@@ -129,11 +99,8 @@ impl JobStore {
 
     /// Writes a batch of results in one statement. A job recorded `done` stays `done`, with its
     /// first boxes and overlay; `attempts` only grows.
-    pub async fn upsert_results(&self, results: &[JobResult]) -> Result<(), DbError> {
-        if results.is_empty() {
-            return Ok(());
-        }
-        let columns = ResultColumns::from_results(results);
+    pub(super) async fn upsert_results(&self, rows: &[ResultRow<'_>]) -> Result<(), DbError> {
+        let columns = ResultColumns::from_rows(rows);
         sqlx::query(UPSERT_RESULTS)
             .bind(&columns.job_id)
             .bind(&columns.image_key)
@@ -161,7 +128,7 @@ impl JobStore {
             .bind(job_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(JobRow::into_view))
+        Ok(row.map(|row| row.into_stored().into_view()))
     }
 
     /// Returns the `limit` newest jobs of every status, newest first.
@@ -173,11 +140,10 @@ impl JobStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.into_iter().map(JobRow::into_view).collect())
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+        Ok(rows
+            .into_iter()
+            .map(|row| row.into_stored().into_view())
+            .collect())
     }
 }
 
@@ -226,137 +192,47 @@ struct ResultColumns {
 }
 
 impl ResultColumns {
-    /// Pivots `results` into columns with one row per job: PostgreSQL rejects an upsert that
-    /// touches a row twice, and a job delivered twice can land in one batch. Of such a pair the
-    /// first `done` wins, as it would in the table, and the attempts add up.
-    fn from_results(results: &[JobResult]) -> ResultColumns {
-        let mut chosen: Vec<(&JobResult, u32)> = Vec::with_capacity(results.len());
-        for r in results {
-            match chosen.iter_mut().find(|(c, _)| c.job_id == r.job_id) {
-                Some((current, attempts)) => {
-                    *attempts = attempts.saturating_add(r.attempts);
-                    if current.outcome.is_err() {
-                        *current = r;
-                    }
-                }
-                None => chosen.push((r, r.attempts)),
-            }
-        }
+    fn from_rows(rows: &[ResultRow<'_>]) -> ResultColumns {
         let mut c = ResultColumns::default();
-        for (r, attempts) in chosen {
-            c.job_id.push(r.job_id);
-            c.image_key.push(r.image_key.clone());
-            c.attempts.push(i32::try_from(attempts).unwrap_or(i32::MAX));
-            c.created_at.push(r.submitted_at);
-            c.processed_at.push(r.processed_at);
-            match &r.outcome {
-                Ok(d) => {
-                    c.status.push(JobStatus::Done.as_str());
-                    c.overlay_key.push(Some(d.overlay_key.clone()));
-                    c.preview_key.push(Some(d.preview_key.clone()));
-                    c.boxes.push(sqlx::types::Json(d.boxes.clone()));
-                    c.width.push(i32::try_from(d.width).ok());
-                    c.height.push(i32::try_from(d.height).ok());
-                    c.detector.push(Some(d.detector.clone()));
-                    c.detector_version.push(Some(d.detector_version.clone()));
-                    c.error_code.push(None);
-                    c.error_message.push(None);
-                }
-                Err(e) => {
-                    c.status.push(JobStatus::Failed.as_str());
-                    c.overlay_key.push(None);
-                    c.preview_key.push(None);
-                    c.boxes.push(sqlx::types::Json(Vec::new()));
-                    c.width.push(None);
-                    c.height.push(None);
-                    c.detector.push(None);
-                    c.detector_version.push(None);
-                    c.error_code.push(Some(e.code.as_str()));
-                    c.error_message.push(Some(e.message.clone()));
-                }
-            }
+        for row in rows {
+            c.job_id.push(row.result.job_id);
+            c.image_key.push(row.result.image_key.clone());
+            c.status.push(row.status);
+            c.overlay_key.push(row.overlay_key.map(str::to_owned));
+            c.preview_key.push(row.preview_key.map(str::to_owned));
+            c.boxes.push(sqlx::types::Json(row.boxes.to_vec()));
+            c.width.push(row.width);
+            c.height.push(row.height);
+            c.detector.push(row.detector.map(str::to_owned));
+            c.detector_version
+                .push(row.detector_version.map(str::to_owned));
+            c.error_code.push(row.error_code);
+            c.error_message.push(row.error_message.map(str::to_owned));
+            c.attempts.push(row.attempts);
+            c.created_at.push(row.result.submitted_at);
+            c.processed_at.push(row.result.processed_at);
         }
         c
     }
 }
 
 impl JobRow {
-    fn into_view(self) -> JobView {
-        let first_box = self.boxes.0.first().map(|b| BoxCoordinates {
-            x1: b.x1,
-            y1: b.y1,
-            x2: b.x2,
-            y2: b.y2,
-        });
-        let error = match (self.error_code, self.error_message) {
-            (Some(code), message) => Some(ErrorBody {
-                code: code.parse().unwrap_or(ErrorCode::Internal),
-                message: message.unwrap_or_default(),
-            }),
-            (None, _) => None,
-        };
-        JobView {
+    fn into_stored(self) -> StoredJob {
+        StoredJob {
             job_id: self.job_id,
             image_key: self.image_key,
-            status: JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed),
+            status: self.status,
             overlay_key: self.overlay_key,
             preview_key: self.preview_key,
-            first_box,
             boxes: self.boxes.0,
-            width: self.width.and_then(|w| u32::try_from(w).ok()),
-            height: self.height.and_then(|h| u32::try_from(h).ok()),
+            width: self.width.map(i64::from),
+            height: self.height.map(i64::from),
             detector: self.detector,
-            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            error_code: self.error_code,
+            error_message: self.error_message,
+            attempts: i64::from(self.attempts),
             created_at: self.created_at,
             processed_at: self.processed_at,
-            error,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::JobError;
-    use crate::record::Detection;
-
-    fn result(job_id: Uuid, attempts: u32, done: bool) -> JobResult {
-        let outcome = if done {
-            Ok(Detection {
-                overlay_key: format!("overlays/{job_id}.png"),
-                preview_key: format!("overlays/{job_id}.preview.png"),
-                boxes: Vec::new(),
-                width: 4,
-                height: 3,
-                detector: "random".to_string(),
-                detector_version: "1".to_string(),
-            })
-        } else {
-            Err(JobError::new(ErrorCode::StorageUnavailable, "timed out"))
-        };
-        JobResult {
-            job_id,
-            image_key: "a.png".to_string(),
-            submitted_at: Utc::now(),
-            outcome,
-            attempts,
-            processed_at: Utc::now(),
-        }
-    }
-
-    #[test]
-    fn a_job_twice_in_a_batch_becomes_one_row() {
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let batch = [
-            result(a, 1, false),
-            result(b, 1, true),
-            result(a, 2, true),
-            result(a, 1, false),
-        ];
-        let columns = ResultColumns::from_results(&batch);
-        assert_eq!(columns.job_id, vec![a, b]);
-        assert_eq!(columns.status, vec!["done", "done"]);
-        assert_eq!(columns.attempts, vec![4, 1]);
-        assert_eq!(columns.error_code, vec![None, None]);
     }
 }

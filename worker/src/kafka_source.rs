@@ -1,5 +1,5 @@
-//! Fetch stage: reads job records from the Kafka consumer group and hands them to the download
-//! stage through a bounded channel.
+//! Fetch stage of the Kafka backend: reads job records from the consumer group and hands them
+//! to the download stage through a bounded channel.
 //!
 //! When that channel is full the stage pauses its partitions and keeps polling, so the consumer
 //! stays in the group while Kafka holds the backlog. Records that are not valid job messages go
@@ -20,7 +20,7 @@ use rfo_core::job::{JobMessage, format_timestamp};
 use tokio::sync::{mpsc, watch};
 
 use crate::offsets::OffsetTracker;
-use crate::stage::Delivery;
+use crate::stage::{Delivery, Receipt};
 
 /// Consumer context that commits what is done when partitions are revoked.
 pub struct WorkerContext {
@@ -205,11 +205,12 @@ async fn accept(
 ) -> Option<Delivery> {
     let (partition, offset) = (record.partition(), record.offset());
     lock(offsets).track(partition, offset);
-    match JobMessage::parse(record.payload().unwrap_or_default()) {
+    let payload = record.payload().unwrap_or_default();
+    match JobMessage::parse(payload) {
         Ok(message) => Some(Delivery {
-            partition,
-            offset,
+            receipt: Receipt::Kafka { partition, offset },
             message,
+            payload: payload.to_vec(),
             fetched_at: Instant::now(),
         }),
         Err(error) => {
