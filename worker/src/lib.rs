@@ -15,6 +15,7 @@ pub mod resize;
 pub mod retry;
 pub mod settings;
 pub mod stage;
+pub mod standalone;
 pub mod synth;
 pub mod upload;
 pub mod window;

@@ -1,11 +1,12 @@
-//! `rfo-worker`: the staged pipeline in a Kafka consumer group.
+//! `rfo-worker`: the staged pipeline, one member of a Kafka consumer group or a reader of the
+//! embedded queue; also the single-machine `all-in-one` and `batch` commands.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use rfo_worker::pipeline;
 use rfo_worker::settings::{Args, Command};
+use rfo_worker::{pipeline, standalone};
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -22,6 +23,11 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let settings = args.validate()?;
+    match &args.command {
+        Some(Command::AllInOne) => return standalone::all_in_one(settings).await,
+        Some(Command::Batch(batch)) => return standalone::batch(settings, batch).await,
+        _ => {}
+    }
     let store = pipeline::open_store(&settings.database)?;
     if settings.migrate {
         store

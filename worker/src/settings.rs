@@ -85,6 +85,25 @@ pub enum Command {
     Run,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Run the HTTP API and the pipeline in one process. The API reads its own settings
+    /// (RFO_LISTEN and the others of rfo-api) and shares the queue, input and database URLs.
+    AllInOne,
+    /// Process every PNG in a folder, then print a summary and what GET /recent returns.
+    Batch(BatchArgs),
+}
+
+/// Arguments of `rfo-worker batch`.
+#[derive(Debug, clap::Args)]
+pub struct BatchArgs {
+    /// Folder of PNG radiographs, read as the input store. Without it, synthetic radiographs
+    /// are generated into ./data/synthetic and processed.
+    pub folder: Option<std::path::PathBuf>,
+    /// Number of synthetic radiographs generated when no folder is given.
+    #[arg(long, default_value_t = 4)]
+    pub synthetic: usize,
+    /// Seconds to wait for all jobs before giving up.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout_s: u64,
 }
 
 /// Validated settings.
