@@ -436,3 +436,50 @@ pub fn spawn_api(test: &str, envs: Vec<(&'static str, String)>, port: u16) -> (P
 pub fn pick_port() -> u16 {
     free_port()
 }
+
+/// Returns the value of a variable that `ops/stack start` exports, such as the addresses of
+/// the encrypted endpoints, and panics with the command to run when it is not set.
+pub fn stack_env(name: &str) -> String {
+    env(name)
+}
+
+impl Deployment {
+    /// Starts an API and one worker on `topic` like [`Deployment::start`], with `overrides`
+    /// added to both processes' environment after the stack's settings. The overrides win, so
+    /// one of `RFO_QUEUE_URL` or `RFO_DATABASE_URL` moves both processes to another endpoint.
+    /// Workers started later with [`Deployment::add_worker`] get no overrides.
+    pub async fn start_with_env(
+        test: &str,
+        topic: String,
+        overrides: Vec<(&'static str, String)>,
+    ) -> Deployment {
+        let stack = Stack::from_env();
+        let group = format!("{topic}-workers");
+        let logs = log_dir(test);
+        let port = free_port();
+        let mut api_envs = api_env(&stack, &topic, port);
+        api_envs.extend(overrides.iter().cloned());
+        let api = Process::spawn("rfo-api", &api_envs, logs.join("api.log"));
+        let mut deployment = Deployment {
+            stack,
+            topic,
+            group,
+            api_url: format!("http://127.0.0.1:{port}"),
+            api,
+            workers: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            logs,
+        };
+        let mut worker_envs = deployment.worker_env();
+        worker_envs.extend(overrides);
+        let log = deployment.logs.join("worker-0.log");
+        deployment
+            .workers
+            .push(Process::spawn("rfo-worker", &worker_envs, log));
+        deployment.wait_ready().await;
+        deployment
+    }
+}
