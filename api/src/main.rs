@@ -1,5 +1,6 @@
 //! `rfo-api`: accepts jobs over HTTP, records them, publishes them to Kafka and serves results.
 
+mod auth;
 mod routes;
 mod server;
 mod settings;
@@ -9,14 +10,20 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
+use crate::auth::Authenticator;
 use crate::routes::AppState;
 use crate::settings::Args;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     rfo_core::logging::init();
+    if let Some(result) = auth::run_token_command() {
+        return result;
+    }
     let args = Args::parse();
     let settings = args.validate()?;
+    let http = args.http.validate()?;
+    let auth = Arc::new(Authenticator::from_args(&args.auth)?);
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -29,5 +36,5 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("failed to apply database migrations; is RFO_DATABASE_URL reachable?")?;
     }
-    server::serve(settings.listen, Arc::new(state)).await
+    server::serve(settings.listen, Arc::new(state), auth, http).await
 }
