@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
+use rfo_api::auth::Authenticator;
 use rfo_api::routes::AppState;
 use rfo_api::server;
 use rfo_api::settings::Args;
@@ -12,8 +13,13 @@ use rfo_api::settings::Args;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     rfo_core::logging::init();
+    if let Some(result) = rfo_api::auth::run_token_command() {
+        return result;
+    }
     let args = Args::parse();
     let settings = args.validate()?;
+    let http = args.http.validate()?;
+    let auth = Arc::new(Authenticator::from_args(&args.auth)?);
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -26,5 +32,5 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("failed to apply database migrations; is RFO_DATABASE_URL reachable?")?;
     }
-    server::serve(settings.listen, Arc::new(state)).await
+    server::serve(settings.listen, Arc::new(state), auth, http).await
 }

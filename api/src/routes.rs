@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::auth::Authenticator;
 use crate::settings::Settings;
 
 /// Largest request body accepted; a submit body is a few hundred bytes.
@@ -74,8 +75,12 @@ pub type HttpResponse = Response<Full<Bytes>>;
 /// Routes one request. Never fails: every error becomes a JSON response.
 pub async fn handle(
     state: Arc<AppState>,
+    auth: Arc<Authenticator>,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, Infallible> {
+    if let Some(rejection) = auth.check(&request) {
+        return Ok(rejection);
+    }
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -334,7 +339,7 @@ fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> HttpRes
     response
 }
 
-fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
     json_response(
         status,
         &json!({"error": {"code": code, "message": message.into()}}),

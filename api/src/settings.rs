@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use rfo_core::config::{
@@ -38,6 +40,151 @@ pub struct Args {
     /// Milliseconds a submit waits for the broker to acknowledge the job before answering 503.
     #[arg(long, env = "RFO_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     pub publish_timeout_ms: u64,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Authentication settings; `crate::auth` reads the token entries.
+#[derive(Debug, clap::Args)]
+pub struct AuthArgs {
+    /// Require a bearer token on every route except /healthz and /readyz (on or off). Turn it
+    /// off only for local development.
+    #[arg(long = "auth", env = "RFO_AUTH", default_value = "on")]
+    pub enabled: String,
+    /// Accepted tokens as NAME:sha256:HEX:SCOPES entries separated by commas, where SCOPES
+    /// joins submit, read and metrics with `+`. `rfo-api new-token` prints an entry.
+    #[arg(long, env = "RFO_API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<String>,
+    /// File of token entries, one or more a line; lines starting with `#` are comments. Used
+    /// together with RFO_API_TOKENS.
+    #[arg(long, env = "RFO_API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
+    /// Require a token with the metrics scope on /metrics (true or false).
+    #[arg(long, env = "RFO_METRICS_AUTH", default_value = "true")]
+    pub metrics_auth: String,
+}
+
+/// Limits of the HTTP server, each against a kind of slow or oversized client.
+#[derive(Debug, clap::Args)]
+pub struct HttpArgs {
+    /// Largest request head (request line and headers), in bytes; larger heads get 431.
+    #[arg(long, env = "RFO_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more get 431.
+    #[arg(long, env = "RFO_MAX_HEADERS", default_value_t = 64)]
+    pub max_headers: usize,
+    /// Seconds a client has to send a complete request head. The time counts from the
+    /// connection's start or the end of the previous response, so it is also the keep-alive
+    /// idle timeout.
+    #[arg(long, env = "RFO_HEADER_READ_TIMEOUT_S", default_value_t = 10)]
+    pub header_read_timeout_s: u64,
+    /// Seconds from a complete request head to the response, body upload included; a request
+    /// over it gets 408 and its connection is closed.
+    #[arg(long, env = "RFO_REQUEST_TIMEOUT_S", default_value_t = 30)]
+    pub request_timeout_s: u64,
+    /// Most connections open at once; a connection over the limit is closed at once.
+    #[arg(long, env = "RFO_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// PEM file of the TLS certificate chain, leaf first; set with RFO_TLS_KEY to serve HTTPS.
+    #[arg(long, env = "RFO_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the TLS private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "RFO_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Validated limits of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub tls: Option<TlsFiles>,
+}
+
+/// Paths of the certificate chain and private key that turn on HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn in_range<T>(
+    variable: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    Err(ConfigError::new(
+        variable,
+        &value.to_string(),
+        format!(
+            "expected a whole number from {} to {}",
+            range.start(),
+            range.end()
+        ),
+    ))
+}
+
+impl HttpArgs {
+    pub fn validate(&self) -> Result<HttpSettings, ConfigError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(ConfigError::new(
+                    "RFO_TLS_KEY",
+                    "",
+                    format!(
+                        "RFO_TLS_CERT is set to {} but RFO_TLS_KEY is missing; set both to serve HTTPS, or neither",
+                        cert.display()
+                    ),
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(ConfigError::new(
+                    "RFO_TLS_CERT",
+                    "",
+                    format!(
+                        "RFO_TLS_KEY is set to {} but RFO_TLS_CERT is missing; set both to serve HTTPS, or neither",
+                        key.display()
+                    ),
+                ));
+            }
+        };
+        Ok(HttpSettings {
+            max_header_bytes: in_range(
+                "RFO_MAX_HEADER_BYTES",
+                self.max_header_bytes,
+                1024..=1024 * 1024,
+            )?,
+            max_headers: in_range("RFO_MAX_HEADERS", self.max_headers, 1..=1000)?,
+            header_read_timeout: Duration::from_secs(in_range(
+                "RFO_HEADER_READ_TIMEOUT_S",
+                self.header_read_timeout_s,
+                1..=600,
+            )?),
+            request_timeout: Duration::from_secs(in_range(
+                "RFO_REQUEST_TIMEOUT_S",
+                self.request_timeout_s,
+                1..=3600,
+            )?),
+            max_connections: in_range("RFO_MAX_CONNECTIONS", self.max_connections, 1..=1_000_000)?,
+            tls,
+        })
+    }
 }
 
 /// Validated settings.

@@ -25,12 +25,9 @@ use crate::synth;
 /// than the benchmark's images, so that a first run finishes in seconds.
 const SYNTHETIC_SIZE: (u32, u32) = (2048, 2560);
 
-/// Builds the API's settings from its own environment, with the queue, input and database
+/// Parses the API's settings from its own environment, with the queue, input and database
 /// URLs of the worker, so that both sides use the same backends.
-fn api_settings(
-    settings: &Settings,
-    input_url: &str,
-) -> anyhow::Result<rfo_api::settings::Settings> {
+fn api_args(settings: &Settings, input_url: &str) -> anyhow::Result<rfo_api::settings::Args> {
     let args = rfo_api::settings::Args::try_parse_from([
         "rfo-api",
         "--queue-url",
@@ -40,7 +37,7 @@ fn api_settings(
         "--database-url",
         &database_text(&settings.database),
     ])?;
-    Ok(args.validate()?)
+    Ok(args)
 }
 
 fn url_text(queue: &rfo_core::config::QueueUrl) -> String {
@@ -99,7 +96,10 @@ async fn stop_pipeline(
 
 /// Runs `rfo-worker all-in-one` until SIGTERM or Ctrl-C.
 pub async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
-    let api = api_settings(&settings, &storage_text(&settings.input))?;
+    let args = api_args(&settings, &storage_text(&settings.input))?;
+    let api = args.validate()?;
+    let http = args.http.validate()?;
+    let auth = Arc::new(rfo_api::auth::Authenticator::from_args(&args.auth)?);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("failed to install the metrics recorder")?;
@@ -110,7 +110,7 @@ pub async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(settings.shutdown_timeout_s);
     let (pipeline, shutdown) = start_pipeline(settings, state.store.clone());
     // The server returns after SIGTERM or Ctrl-C, once its connections have closed.
-    let served = rfo_api::server::serve(api.listen, Arc::new(state)).await;
+    let served = rfo_api::server::serve(api.listen, Arc::new(state), auth, http).await;
     stop_pipeline(pipeline, shutdown, timeout).await?;
     served
 }
@@ -140,7 +140,7 @@ pub async fn batch(mut settings: Settings, args: &BatchArgs) -> anyhow::Result<(
         root: folder.clone(),
     };
     let output = storage_text(&settings.output);
-    let api = api_settings(&settings, &folder.display().to_string())?;
+    let api = api_args(&settings, &folder.display().to_string())?.validate()?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("failed to install the metrics recorder")?;

@@ -420,10 +420,12 @@ fn base_env(stack: &Stack, topic: &str) -> Vec<(&'static str, String)> {
     envs
 }
 
-/// Environment of an API on `topic` listening on `port`.
+/// Environment of an API on `topic` listening on `port`, with authentication off: these tests
+/// exercise the pipeline, and `api/tests/security.rs` covers authentication.
 pub fn api_env(stack: &Stack, topic: &str, port: u16) -> Vec<(&'static str, String)> {
     let mut envs = base_env(stack, topic);
     envs.push(("RFO_LISTEN", format!("127.0.0.1:{port}")));
+    envs.push(("RFO_AUTH", "off".to_owned()));
     envs
 }
 
