@@ -9,10 +9,11 @@ pub mod offsets;
 pub mod overlay;
 pub mod pipeline;
 pub mod process;
-mod resize;
+pub mod resize;
 pub mod retry;
 pub mod settings;
 pub mod stage;
+pub mod synth;
 pub mod upload;
 pub mod window;
 

@@ -73,13 +73,25 @@ pub fn render_overlay(
     boxes: &[BoundingBox],
     settings: &EncodeSettings,
 ) -> Result<Vec<u8>, OverlayError> {
+    let indices = draw_overlay(width, height, display, boxes)?;
+    encode_indexed(width, height, &indices, settings)
+}
+
+/// Maps `display` to palette indices and draws the outline of every box, as
+/// [`render_overlay`] does before encoding. Returns one index a pixel.
+pub fn draw_overlay(
+    width: u32,
+    height: u32,
+    display: &[u8],
+    boxes: &[BoundingBox],
+) -> Result<Vec<u8>, OverlayError> {
     check_display(width, height, display)?;
     let mut indices = palette_indices(display);
     let thickness = line_thickness(width, height);
     for found in boxes {
         draw_outline(&mut indices, width, height, found, thickness);
     }
-    encode_indexed(width, height, &indices, settings)
+    Ok(indices)
 }
 
 /// Renders a small overlay PNG whose longest side is at most `max_side` pixels.
@@ -179,7 +191,8 @@ fn draw_outline(indices: &mut [u8], width: u32, height: u32, found: &BoundingBox
     }
 }
 
-fn encode_indexed(
+/// Encodes palette indices from [`draw_overlay`] as the overlay PNG: IHDR, PLTE, IDAT and IEND.
+pub fn encode_indexed(
     width: u32,
     height: u32,
     indices: &[u8],

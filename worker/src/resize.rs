@@ -9,7 +9,7 @@ use crate::detect::BoundingBox;
 /// Returns the size that fits `width` x `height` within `max_side` a side while keeping
 /// the aspect ratio, rounded to whole pixels, each side at least 1. An image that already
 /// fits keeps its size.
-pub(crate) fn fit_within(width: u32, height: u32, max_side: u32) -> (u32, u32) {
+pub fn fit_within(width: u32, height: u32, max_side: u32) -> (u32, u32) {
     let longest = width.max(height);
     if longest <= max_side {
         return (width, height);
@@ -24,7 +24,7 @@ pub(crate) fn fit_within(width: u32, height: u32, max_side: u32) -> (u32, u32) {
 
 /// Resizes a row-major 8-bit gray image with a bilinear (triangle) convolution, whose
 /// support grows with the scale factor, so that every source pixel contributes.
-pub(crate) fn resize_gray8(
+pub fn resize_gray8(
     width: u32,
     height: u32,
     pixels: &[u8],
@@ -44,11 +44,7 @@ pub(crate) fn resize_gray8(
 /// Maps a box from an image of size `from` to one of size `to`, rounding outwards so that
 /// the mapped box covers at least the same area. Returns `None` when the box lies outside
 /// the source image or `from` has an empty side.
-pub(crate) fn scale_box(
-    found: &BoundingBox,
-    from: (u32, u32),
-    to: (u32, u32),
-) -> Option<BoundingBox> {
+pub fn scale_box(found: &BoundingBox, from: (u32, u32), to: (u32, u32)) -> Option<BoundingBox> {
     let (x1, x2) = scale_span(found.x1, found.x2, from.0, to.0)?;
     let (y1, y2) = scale_span(found.y1, found.y2, from.1, to.1)?;
     Some(BoundingBox {
