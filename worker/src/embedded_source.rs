@@ -27,7 +27,7 @@ pub fn lock(in_flight: &Mutex<BTreeSet<i64>>) -> std::sync::MutexGuard<'_, BTree
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The fetch loop. Ends when `shutdown` turns true, dropping `deliveries` so the later stages
+/// Runs the fetch loop. It ends when `shutdown` turns true, dropping `deliveries` so the later stages
 /// drain.
 pub async fn run(
     queue: EmbeddedQueue,

@@ -21,8 +21,8 @@ use uuid::Uuid;
 use crate::settings::{BatchArgs, Settings};
 use crate::synth;
 
-/// Longest side of the synthetic radiographs `batch` generates when given no folder. Smaller
-/// than the benchmark's images, so that a first run finishes in seconds.
+/// Width and height of the synthetic radiographs `batch` generates when given no folder.
+/// Smaller than the benchmark's images, so that a first run finishes in seconds.
 const SYNTHETIC_SIZE: (u32, u32) = (2048, 2560);
 
 /// Parses the API's settings from its own environment, with the queue, input and database
@@ -235,7 +235,7 @@ fn generate_synthetic(folder: &Path, count: usize) -> anyhow::Result<PathBuf> {
     Ok(folder.to_path_buf())
 }
 
-/// What became of the submitted jobs.
+/// Counts of the submitted jobs by final state.
 struct Outcome {
     done: usize,
     failed: BTreeMap<String, usize>,
