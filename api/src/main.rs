@@ -32,5 +32,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("failed to apply database migrations; is RFO_DATABASE_URL reachable?")?;
     }
-    server::serve(settings.listen, Arc::new(state), auth, http).await
+    let state = Arc::new(state);
+    rfo_api::republish::spawn(state.clone(), settings.republish);
+    server::serve(settings.listen, state, auth, http).await
 }

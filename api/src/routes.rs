@@ -38,6 +38,10 @@ pub struct AppState {
 }
 
 impl AppState {
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
     pub async fn connect(
         settings: &Settings,
         metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -230,6 +234,11 @@ pub async fn submit_body(state: &AppState, body: &[u8]) -> HttpResponse {
         }
         let body = json!({"error": {"code": "queue_unavailable", "message": "the queue could not take the job; it will not run, submit it again later"}, "job_id": job_id});
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+    }
+    if let Err(error) = state.store.mark_published(job_id).await {
+        // The row stays unacknowledged, so a later sweep publishes the job again; the worker
+        // processes a duplicate idempotently.
+        tracing::warn!(%job_id, %error, "failed to record that the queue took a job");
     }
     tracing::info!(%job_id, "job queued");
     if state.log_keys {

@@ -40,6 +40,18 @@ pub struct Args {
     /// Milliseconds a submit waits for the broker to acknowledge the job before answering 503.
     #[arg(long, env = "RFO_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     pub publish_timeout_ms: u64,
+    /// Seconds after submission from which a queued job whose publish the queue never
+    /// acknowledged is published again. Must exceed RFO_PUBLISH_TIMEOUT_MS, so a submit still
+    /// waiting for the broker is not published twice.
+    #[arg(long, env = "RFO_REPUBLISH_AFTER_S", default_value_t = 60)]
+    pub republish_after_s: u64,
+    /// Seconds between two searches for such jobs; the first runs at start-up.
+    #[arg(long, env = "RFO_REPUBLISH_INTERVAL_S", default_value_t = 30)]
+    pub republish_interval_s: u64,
+    /// Seconds after submission from which such a job is marked failed with
+    /// queue_unavailable instead of published again.
+    #[arg(long, env = "RFO_REPUBLISH_GIVE_UP_S", default_value_t = 86_400)]
+    pub republish_give_up_s: u64,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
@@ -198,7 +210,19 @@ pub struct Settings {
     pub migrate: bool,
     pub log_keys: bool,
     pub publish_timeout_ms: u64,
+    pub republish: RepublishSettings,
     pub kafka: BTreeMap<String, String>,
+}
+
+/// When queued jobs whose publish was never acknowledged are published again or given up.
+#[derive(Debug, Clone, Copy)]
+pub struct RepublishSettings {
+    /// Age from which a job is published again.
+    pub after: Duration,
+    /// Time between two searches.
+    pub interval: Duration,
+    /// Age from which a job is marked failed instead.
+    pub give_up: Duration,
 }
 
 impl Args {
@@ -218,6 +242,7 @@ impl Args {
                 "expected milliseconds from 100 to 120000",
             ));
         }
+        let republish = self.republish_settings()?;
         Ok(Settings {
             queue: QueueUrl::parse("RFO_QUEUE_URL", &self.queue_url)?,
             input,
@@ -230,7 +255,41 @@ impl Args {
             migrate: rfo_core::config::parse_bool("RFO_MIGRATE", &self.migrate)?,
             log_keys: rfo_core::config::parse_bool("RFO_LOG_KEYS", &self.log_keys)?,
             publish_timeout_ms: self.publish_timeout_ms,
+            republish,
             kafka: kafka_overrides(std::env::vars()),
+        })
+    }
+
+    fn republish_settings(&self) -> Result<RepublishSettings, ConfigError> {
+        let after = in_range("RFO_REPUBLISH_AFTER_S", self.republish_after_s, 1..=86_400)?;
+        if after * 1000 <= self.publish_timeout_ms {
+            return Err(ConfigError::new(
+                "RFO_REPUBLISH_AFTER_S",
+                &after.to_string(),
+                format!(
+                    "expected more seconds than RFO_PUBLISH_TIMEOUT_MS allows a submit ({} ms), \
+                     so a job still being published is not published twice",
+                    self.publish_timeout_ms
+                ),
+            ));
+        }
+        let interval = in_range(
+            "RFO_REPUBLISH_INTERVAL_S",
+            self.republish_interval_s,
+            1..=86_400,
+        )?;
+        let give_up = self.republish_give_up_s;
+        if give_up <= after {
+            return Err(ConfigError::new(
+                "RFO_REPUBLISH_GIVE_UP_S",
+                &give_up.to_string(),
+                format!("expected more seconds than RFO_REPUBLISH_AFTER_S ({after})"),
+            ));
+        }
+        Ok(RepublishSettings {
+            after: Duration::from_secs(after),
+            interval: Duration::from_secs(interval),
+            give_up: Duration::from_secs(give_up),
         })
     }
 }

@@ -110,7 +110,9 @@ pub async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(settings.shutdown_timeout_s);
     let (pipeline, shutdown) = start_pipeline(settings, state.store.clone());
     // The server returns after SIGTERM or Ctrl-C, once its connections have closed.
-    let served = rfo_api::server::serve(api.listen, Arc::new(state), auth, http).await;
+    let state = Arc::new(state);
+    rfo_api::republish::spawn(state.clone(), api.republish);
+    let served = rfo_api::server::serve(api.listen, state, auth, http).await;
     stop_pipeline(pipeline, shutdown, timeout).await?;
     served
 }

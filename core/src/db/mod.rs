@@ -109,6 +109,27 @@ impl JobStore {
         }
     }
 
+    /// Records that the queue acknowledged the job's message.
+    pub async fn mark_published(&self, job_id: Uuid) -> Result<(), DbError> {
+        match self {
+            JobStore::Postgres(store) => store.mark_published(job_id).await,
+            JobStore::Sqlite(store) => store.mark_published(job_id).await,
+        }
+    }
+
+    /// Returns up to `limit` queued jobs created before `created_before` whose message the
+    /// queue never acknowledged, oldest first.
+    pub async fn unpublished(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<UnpublishedJob>, DbError> {
+        match self {
+            JobStore::Postgres(store) => store.unpublished(created_before, limit).await,
+            JobStore::Sqlite(store) => store.unpublished(created_before, limit).await,
+        }
+    }
+
     /// Writes a batch of results in one statement.
     pub async fn upsert_results(&self, results: &[JobResult]) -> Result<(), DbError> {
         if results.is_empty() {
@@ -135,6 +156,15 @@ impl JobStore {
             JobStore::Sqlite(store) => store.recent(limit).await,
         }
     }
+}
+
+/// A queued job whose message the queue has not acknowledged, as [`JobStore::unpublished`]
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpublishedJob {
+    pub job_id: Uuid,
+    pub image_key: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// One row of a result batch, flattened into the table's columns.

@@ -5,7 +5,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, FromRow};
 use uuid::Uuid;
 
-use super::{DbError, PoolSettings, ResultRow, SELECT_COLUMNS, StoredJob};
+use super::{DbError, PoolSettings, ResultRow, SELECT_COLUMNS, StoredJob, UnpublishedJob};
 use crate::error::ErrorCode;
 use crate::record::{BoundingBox, JobView};
 
@@ -95,6 +95,42 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records that the queue acknowledged the job's message.
+    pub async fn mark_published(&self, job_id: Uuid) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE jobs SET published_at = now() WHERE job_id = $1 AND published_at IS NULL",
+        )
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Lists queued jobs created before `created_before` whose message was never acknowledged.
+    pub async fn unpublished(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<UnpublishedJob>, DbError> {
+        let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT job_id, image_key, created_at FROM jobs \
+             WHERE status = 'queued' AND published_at IS NULL AND created_at < $1 \
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(created_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(job_id, image_key, created_at)| UnpublishedJob {
+                job_id,
+                image_key,
+                created_at,
+            })
+            .collect())
     }
 
     /// Writes a batch of results in one statement. A job recorded `done` stays `done`, with its

@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 };
 use uuid::Uuid;
 
-use super::{DbError, PoolSettings, ResultRow, SELECT_COLUMNS, StoredJob};
+use super::{DbError, PoolSettings, ResultRow, SELECT_COLUMNS, StoredJob, UnpublishedJob};
 use crate::error::ErrorCode;
 use crate::job::format_timestamp;
 use crate::record::JobView;
@@ -111,6 +111,42 @@ impl SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    pub async fn mark_published(&self, job_id: Uuid) -> Result<(), DbError> {
+        sqlx::query("UPDATE jobs SET published_at = ?2 WHERE job_id = ?1 AND published_at IS NULL")
+            .bind(job_id.to_string())
+            .bind(format_timestamp(&crate::job::now_micros()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn unpublished(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<UnpublishedJob>, DbError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT job_id, image_key, created_at FROM jobs \
+             WHERE status = 'queued' AND published_at IS NULL AND created_at < ?1 \
+             ORDER BY created_at LIMIT ?2",
+        )
+        .bind(format_timestamp(&created_before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(job_id, image_key, created_at)| {
+                Ok(UnpublishedJob {
+                    job_id: job_id
+                        .parse()
+                        .map_err(|e| decode_error("job_id", &job_id, e))?,
+                    created_at: parse_time("created_at", &created_at)?,
+                    image_key,
+                })
+            })
+            .collect()
     }
 
     pub(super) async fn upsert_results(&self, rows: &[ResultRow<'_>]) -> Result<(), DbError> {
@@ -281,6 +317,38 @@ mod tests {
             .map(|v| v.job_id)
             .collect();
         assert_eq!(listed, vec![ids[2], ids[1]]);
+    }
+
+    #[tokio::test]
+    async fn unpublished_lists_old_queued_rows() {
+        let store = store().await;
+        let old = Uuid::now_v7();
+        let created = crate::job::now_micros() - chrono::Duration::minutes(10);
+        store
+            .insert_queued(old, "old.png", None, created)
+            .await
+            .unwrap();
+        let published = Uuid::now_v7();
+        store
+            .insert_queued(published, "sent.png", None, created)
+            .await
+            .unwrap();
+        store.mark_published(published).await.unwrap();
+        let recent = store_queued(&store).await;
+
+        let cutoff = crate::job::now_micros() - chrono::Duration::minutes(1);
+        let listed = store.unpublished(cutoff, 10).await.unwrap();
+        let ids: Vec<Uuid> = listed.iter().map(|j| j.job_id).collect();
+        assert_eq!(
+            ids,
+            vec![old],
+            "only the old unpublished row; {recent} is too new"
+        );
+        assert_eq!(listed[0].image_key, "old.png");
+        assert_eq!(listed[0].created_at, created);
+
+        store.mark_unqueued(old, "gave up").await.unwrap();
+        assert!(store.unpublished(cutoff, 10).await.unwrap().is_empty());
     }
 
     async fn store_queued(store: &SqliteStore) -> Uuid {
