@@ -147,7 +147,7 @@ impl Authenticator {
 
     fn access(&self, path: &str) -> Access {
         match path {
-            "/healthz" | "/readyz" => Access::Open,
+            "/healthz" | "/readyz" | "/openapi.json" => Access::Open,
             "/metrics" if !self.metrics_auth => Access::Open,
             "/metrics" => Access::Scope(Scope::Metrics),
             "/submit" => Access::Scope(Scope::Submit),

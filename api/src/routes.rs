@@ -97,10 +97,11 @@ pub async fn handle(
         ),
         (&Method::GET, "/readyz") => ("readyz", ready(&state).await),
         (&Method::GET, "/metrics") => ("metrics", metrics_response(&state)),
+        (&Method::GET, "/openapi.json") => ("openapi", openapi_response()),
         (&Method::GET, p) if p.starts_with("/jobs/") => {
             ("job", job(&state, &p["/jobs/".len()..]).await)
         }
-        (_, "/submit" | "/recent" | "/healthz" | "/readyz" | "/metrics") => (
+        (_, "/submit" | "/recent" | "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => (
             "other",
             error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -327,6 +328,17 @@ async fn ready(state: &AppState) -> HttpResponse {
         status,
         &json!({"database": database_ok, "queue": queue_ok, "storage": storage_ok}),
     )
+}
+
+/// The OpenAPI 3.1 document of every route, body, status and error shape above.
+pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
+
+fn openapi_response() -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI_DOCUMENT.as_bytes())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn metrics_response(state: &AppState) -> HttpResponse {
