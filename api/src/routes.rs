@@ -8,7 +8,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use rfo_core::db::{JobStore, PoolSettings};
 use rfo_core::job::{JobMessage, now_micros, validate_key};
@@ -101,14 +101,11 @@ pub async fn handle(
         (&Method::GET, p) if p.starts_with("/jobs/") => {
             ("job", job(&state, &p["/jobs/".len()..]).await)
         }
-        (_, "/submit" | "/recent" | "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => (
-            "other",
-            error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed on {path}"),
-            ),
-        ),
+        (_, "/submit") => ("other", method_not_allowed(&method, &path, "POST")),
+        (_, "/recent" | "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => {
+            ("other", method_not_allowed(&method, &path, "GET"))
+        }
+        (_, p) if p.starts_with("/jobs/") => ("other", method_not_allowed(&method, &path, "GET")),
         _ => (
             "other",
             error_response(
@@ -347,6 +344,19 @@ fn metrics_response(state: &AppState) -> HttpResponse {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
+    response
+}
+
+/// Builds a 405 response with the `Allow` header that RFC 9110 (section 15.5.6) requires.
+fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> HttpResponse {
+    let mut response = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {path}; use {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     response
 }
 
