@@ -16,7 +16,7 @@ use rfo_core::job::{JobMessage, now_micros};
 use crate::routes::AppState;
 use crate::settings::RepublishSettings;
 
-/// Most rows handled by one sweep; a longer backlog is taken up by the next sweep.
+/// Maximum number of rows one sweep handles. The next sweep takes up a longer backlog.
 const SWEEP_BATCH: u32 = 500;
 
 /// Counts of one sweep.
