@@ -39,7 +39,7 @@ async fn scrape(http: &reqwest::Client, url: &str) -> String {
     }
 }
 
-/// Whether every job is recorded and acknowledged, and every lag report has caught up.
+/// Returns whether every job is recorded and acknowledged and every partition's lag is 0.
 fn settled(text: &str, topic: &str) -> bool {
     let done = sample(text, "rfo_jobs_total", &[("status", "done")]);
     let failed = sample(text, "rfo_jobs_total", &[("status", "failed")]);
@@ -127,17 +127,30 @@ async fn worker_metrics_after_jobs() {
         assert_eq!(all, Some(count), "+Inf bucket of stage {stage}");
     }
     let job_count = sample(&text, "rfo_job_duration_seconds_count", &[]);
-    assert_eq!(job_count, Some((DONE_JOBS + 1) as f64), "rfo_job_duration_seconds");
+    assert_eq!(
+        job_count,
+        Some((DONE_JOBS + 1) as f64),
+        "rfo_job_duration_seconds"
+    );
 
     // Jobs by outcome and error code.
     let done = sample(&text, "rfo_jobs_total", &[("status", "done")]);
     assert_eq!(done, Some(DONE_JOBS as f64), "done jobs");
     let labels = [("status", "failed"), ("code", "unsupported_format")];
     let failed = sample(&text, "rfo_jobs_total", &labels);
-    assert_eq!(failed, Some(1.0), "failed jobs with code unsupported_format");
+    assert_eq!(
+        failed,
+        Some(1.0),
+        "failed jobs with code unsupported_format"
+    );
 
     // Channel depths: present for every bounded channel, and within its capacity.
-    for (channel, capacity) in [("download", 2.0), ("process", 2.0), ("upload", 2.0), ("insert", 64.0)] {
+    for (channel, capacity) in [
+        ("download", 2.0),
+        ("process", 2.0),
+        ("upload", 2.0),
+        ("insert", 64.0),
+    ] {
         let labels = [("channel", channel)];
         let found = sample(&text, "rfo_channel_capacity", &labels);
         assert_eq!(found, Some(capacity), "capacity of channel {channel}");
@@ -153,7 +166,10 @@ async fn worker_metrics_after_jobs() {
     assert_eq!(sample(&text, "rfo_jobs_in_flight", &[]), Some(0.0));
     for partition in 0..PARTITIONS {
         let partition = partition.to_string();
-        let labels = [("topic", deployment.topic.as_str()), ("partition", partition.as_str())];
+        let labels = [
+            ("topic", deployment.topic.as_str()),
+            ("partition", partition.as_str()),
+        ];
         let lag = sample(&text, "rfo_consumer_lag", &labels);
         assert_eq!(lag, Some(0.0), "lag of partition {partition}");
     }
