@@ -4,7 +4,7 @@ It works the way the reference deployment's API did. gunicorn runs the Flask app
 worker processes, each with its own boto3 client, psycopg connection and kafka-python
 producer. For every POST /submit the worker checks the input object with boto3 head_object,
 inserts the queued row with psycopg and commits, then sends one Kafka record and waits for
-the broker's acknowledgement before it answers 202. The record is the job message that
+the broker's acknowledgement before it responds 202. The record is the job message that
 rfo-worker reads.
 
 It reads RFO_QUEUE_URL (kafka://HOST:PORT/TOPIC), RFO_INPUT_URL (s3://BUCKET),

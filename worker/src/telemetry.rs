@@ -18,8 +18,8 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// `RFO_KAFKA_STATISTICS_INTERVAL_MS` setting wins.
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
 
-/// Upper bounds, in seconds, of the buckets of every `*_seconds` histogram: from 1 ms, below
-/// the fastest insert batch, to 2 min, above the slowest decode of a 64-megapixel image.
+/// Upper bounds, in seconds, of the buckets of every `*_seconds` histogram, from 1 ms to
+/// 2 min. Longer observations fall only in the `+Inf` bucket.
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
