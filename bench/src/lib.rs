@@ -2,6 +2,7 @@
 //! set of large synthetic radiographs, and the percentile arithmetic of the reports.
 
 pub mod ceiling;
+pub mod peer;
 pub mod sampler;
 pub mod stack;
 
@@ -26,6 +27,20 @@ pub fn samples_dir() -> Option<PathBuf> {
 pub fn workspace_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Returns the cargo target folder: `CARGO_TARGET_DIR` when set, else `target/` in the
+/// workspace.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => workspace_dir().join("target"),
+    }
+}
+
+/// Returns the path of a binary of this workspace built with `cargo build --release`.
+pub fn release_binary(name: &str) -> PathBuf {
+    target_dir().join("release").join(name)
 }
 
 /// One sample radiograph: its file name and its bytes.

@@ -147,6 +147,8 @@ fn log_job(item: &Finished, insert_ms: u64, log_keys: bool) {
     let job_id = item.delivery.message.job_id;
     let t = &item.timings;
     let total_ms = elapsed_ms(item.delivery.fetched_at);
+    metrics::histogram!("rfo_job_duration_seconds")
+        .record(item.delivery.fetched_at.elapsed().as_secs_f64());
     match &item.outcome {
         Ok(u) => {
             metrics::counter!("rfo_jobs_total", "status" => "done", "code" => "").increment(1);

@@ -14,6 +14,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use rfo_core::job::{JobMessage, format_timestamp};
@@ -28,7 +29,11 @@ pub struct WorkerContext {
     pub offsets: Arc<Mutex<OffsetTracker>>,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: Statistics) {
+        crate::telemetry::record_consumer_lag(&self.topic, &statistics);
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -37,6 +42,7 @@ impl ConsumerContext for WorkerContext {
         };
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         let finals = lock(&self.offsets).revoke(&partitions);
+        crate::telemetry::clear_consumer_lag(&self.topic, &partitions);
         tracing::info!(?partitions, "partitions revoked");
         if finals.is_empty() {
             return;

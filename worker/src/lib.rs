@@ -17,6 +17,7 @@ pub mod settings;
 pub mod stage;
 pub mod standalone;
 pub mod synth;
+pub mod telemetry;
 pub mod upload;
 pub mod window;
 

@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("failed to apply database migrations; is RFO_DATABASE_URL reachable?")?;
     }
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    rfo_worker::telemetry::prometheus_builder()
         .with_http_listener(settings.metrics_listen)
         .install()
         .with_context(|| {

@@ -4,7 +4,9 @@
 //! fetch -> download -> decode + detect + overlay + encode -> upload -> batched insert -> ack
 //! ```
 //!
-//! Each pair of stages is joined by a bounded channel of `channel_capacity` jobs. Shutdown
+//! Each pair of stages is joined by a bounded channel of `channel_capacity` jobs, and the
+//! depth of each is exported as `rfo_channel_depth{channel=STAGE}`, STAGE being the stage that
+//! reads it. Shutdown
 //! stops the fetch stage; each later stage ends when the channel before it is closed and empty.
 //! The stages are the same for every backend; only the fetch stage and the acknowledgement
 //! differ between Kafka and the embedded queue.
@@ -36,6 +38,7 @@ use crate::process::Processor;
 use crate::retry::Backoff;
 use crate::settings::Settings;
 use crate::stage::Delivery;
+use crate::telemetry::{Gauges, STATISTICS_INTERVAL_MS};
 use crate::upload::{UploadSettings, Uploader};
 
 /// Attempts per job of a download or an upload before the job fails as `storage_unavailable`.
@@ -60,10 +63,13 @@ pub async fn run(
     let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let capacity = settings.channel_capacity;
     let source = Source::open(&settings).await?;
+    let mut gauges = Gauges::default();
+    source.probe_in_flight(&mut gauges);
 
     // Insert stage and acknowledgement.
     let detector = detector(&settings.detector);
     let (finished_tx, finished_rx) = mpsc::channel(capacity.max(settings.batch_size));
+    gauges.channel("insert", &finished_tx);
     let inserter = Inserter {
         store,
         acknowledger: source.acknowledger.clone(),
@@ -81,6 +87,7 @@ pub async fn run(
 
     // Upload stage.
     let (processed_tx, processed_rx) = mpsc::channel(capacity);
+    gauges.channel("upload", &processed_tx);
     let uploader = Arc::new(Uploader {
         output,
         settings: UploadSettings {
@@ -103,6 +110,7 @@ pub async fn run(
         .build()
         .context("failed to start the CPU thread pool")?;
     let (downloaded_tx, downloaded_rx) = mpsc::channel(capacity);
+    gauges.channel("process", &downloaded_tx);
     let processor = Arc::new(Processor {
         pool,
         limits: DecodeLimits {
@@ -117,6 +125,7 @@ pub async fn run(
 
     // Download stage.
     let (delivery_tx, delivery_rx) = mpsc::channel(capacity);
+    gauges.channel("download", &delivery_tx);
     let downloader = Arc::new(Downloader {
         input,
         settings: DownloadSettings {
@@ -136,6 +145,7 @@ pub async fn run(
         "rfo-worker started"
     );
     let fetch_task = source.spawn_fetch(delivery_tx, shutdown);
+    let gauge_task = gauges.spawn();
 
     let stages = [
         ("fetch", fetch_task),
@@ -148,6 +158,7 @@ pub async fn run(
         task.await
             .with_context(|| format!("the {name} stage panicked"))?;
     }
+    gauge_task.abort();
     source.close();
     tracing::info!("rfo-worker drained");
     Ok(())
@@ -180,11 +191,14 @@ impl Source {
                     topic: topic.clone(),
                     offsets: offsets.clone(),
                 };
-                let config = rfo_core::kafka::consumer_config(
+                let mut config = rfo_core::kafka::consumer_config(
                     brokers,
                     &settings.consumer_group,
                     &settings.kafka,
                 );
+                if !settings.kafka.contains_key("statistics.interval.ms") {
+                    config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+                }
                 let consumer: JobConsumer = config
                     .create_with_context(context)
                     .context("failed to create the Kafka consumer for RFO_QUEUE_URL")?;
@@ -234,6 +248,22 @@ impl Source {
                     acknowledger,
                     backend: SourceBackend::Embedded { queue, renewal },
                 })
+            }
+        }
+    }
+
+    /// Makes `rfo_jobs_in_flight` count the jobs taken from the queue and not yet acknowledged.
+    fn probe_in_flight(&self, gauges: &mut Gauges) {
+        match &self.backend {
+            SourceBackend::Kafka { offsets, .. } => {
+                let offsets = offsets.clone();
+                gauges.in_flight(move || crate::kafka_source::lock(&offsets).in_flight());
+            }
+            SourceBackend::Embedded { .. } => {
+                if let Acknowledger::Embedded { in_flight, .. } = self.acknowledger.as_ref() {
+                    let in_flight = in_flight.clone();
+                    gauges.in_flight(move || crate::embedded_source::lock(&in_flight).len());
+                }
             }
         }
     }

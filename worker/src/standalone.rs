@@ -100,7 +100,7 @@ pub async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
     let api = args.validate()?;
     let http = args.http.validate()?;
     let auth = Arc::new(rfo_api::auth::Authenticator::from_args(&args.auth)?);
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+    let metrics = crate::telemetry::prometheus_builder()
         .install_recorder()
         .context("failed to install the metrics recorder")?;
     let state = AppState::connect(&api, metrics).await?;
@@ -143,7 +143,7 @@ pub async fn batch(mut settings: Settings, args: &BatchArgs) -> anyhow::Result<(
     };
     let output = storage_text(&settings.output);
     let api = api_args(&settings, &folder.display().to_string())?.validate()?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+    let metrics = crate::telemetry::prometheus_builder()
         .install_recorder()
         .context("failed to install the metrics recorder")?;
     let state = AppState::connect(&api, metrics).await?;

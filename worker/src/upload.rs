@@ -110,6 +110,8 @@ impl Uploader {
             }
         };
         timings.upload_ms = elapsed_ms(started);
+        metrics::histogram!("rfo_stage_duration_seconds", "stage" => "upload")
+            .record(started.elapsed().as_secs_f64());
         Finished {
             delivery,
             attempts,

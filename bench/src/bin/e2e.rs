@@ -16,7 +16,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rfo_bench::sampler::{Sample, Sampler, Target, memory_kib, process_cpu_s};
 use rfo_bench::stack::{Process, Stack, free_port};
-use rfo_bench::{quantile, workspace_dir};
+use rfo_bench::{quantile, release_binary, workspace_dir};
 use serde_json::Value;
 
 /// End-to-end load run of rfo on the local stack (`eval "$(ops/stack env)"` first). Builds
@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
                 None
             } else {
                 let count = args.peer_count.unwrap_or(keys.len()).min(keys.len());
-                ensure_peer_venv()?;
+                rfo_bench::peer::ensure_venv()?;
                 Some(run_phase(&context, Worker::Peer, &keys[..count], false).await?)
             };
             (rfo, peer)
@@ -191,47 +191,6 @@ async fn main() -> anyhow::Result<()> {
         rfo.jobs_per_s / ceiling,
         rfo.peak_rss_kib as f64 / 1024.0
     );
-    Ok(())
-}
-
-fn release_binary(name: &str) -> PathBuf {
-    workspace_dir().join("target/release").join(name)
-}
-
-fn peer_venv() -> PathBuf {
-    workspace_dir().join("target/peer-venv")
-}
-
-/// Creates the reference worker's virtualenv and installs its pinned requirements from PyPI,
-/// unless it already imports them.
-fn ensure_peer_venv() -> anyhow::Result<()> {
-    let venv = peer_venv();
-    let python = venv.join("bin/python");
-    let ready = python.exists()
-        && std::process::Command::new(&python)
-            .args(["-c", "import PIL, boto3, psycopg, kafka, zstandard"])
-            .status()
-            .is_ok_and(|status| status.success());
-    if ready {
-        return Ok(());
-    }
-    println!(
-        "installing the reference worker's packages into {}",
-        venv.display()
-    );
-    let status = std::process::Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .context("failed to run python3 -m venv; is Python 3 installed?")?;
-    anyhow::ensure!(status.success(), "python3 -m venv failed with {status}");
-    let requirements = workspace_dir().join("bench/peer/requirements.txt");
-    let status = std::process::Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "-r"])
-        .arg(&requirements)
-        .status()
-        .context("failed to run pip")?;
-    anyhow::ensure!(status.success(), "pip install failed with {status}");
     Ok(())
 }
 
@@ -275,6 +234,8 @@ async fn run_phase(
     let api_port = free_port()?;
     let mut api_envs = envs.clone();
     api_envs.push(("RFO_LISTEN".to_owned(), format!("127.0.0.1:{api_port}")));
+    // The harness measures the pipeline, so the API runs without tokens, as in the tests.
+    api_envs.push(("RFO_AUTH".to_owned(), "off".to_owned()));
     let mut api = Process::spawn(
         "rfo-api",
         &release_binary("rfo-api"),
@@ -304,7 +265,7 @@ async fn run_phase(
                 let script = script.to_string_lossy();
                 Process::spawn(
                     "peer worker",
-                    &peer_venv().join("bin/python"),
+                    &rfo_bench::peer::venv().join("bin/python"),
                     &[&script],
                     &envs,
                     log,

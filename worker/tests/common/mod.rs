@@ -281,6 +281,8 @@ pub struct Deployment {
     pub api_url: String,
     pub api: Process,
     pub workers: Vec<Process>,
+    /// `/metrics` URL of each worker, in the order of `workers`.
+    pub metrics_urls: Vec<String>,
     pub http: reqwest::Client,
     logs: PathBuf,
 }
@@ -305,6 +307,7 @@ impl Deployment {
             api_url,
             api,
             workers: Vec::new(),
+            metrics_urls: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -331,8 +334,9 @@ impl Deployment {
     pub fn add_worker(&mut self) -> usize {
         let index = self.workers.len();
         let log = self.logs.join(format!("worker-{index}.log"));
-        self.workers
-            .push(Process::spawn("rfo-worker", &self.worker_env(), log));
+        let envs = self.worker_env();
+        self.metrics_urls.push(metrics_url(&envs));
+        self.workers.push(Process::spawn("rfo-worker", &envs, log));
         index
     }
 
@@ -397,6 +401,17 @@ impl Deployment {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Returns the `/metrics` URL of a worker started with `envs`.
+fn metrics_url(envs: &[(&'static str, String)]) -> String {
+    let listen = envs
+        .iter()
+        .rev()
+        .find(|(name, _)| *name == "RFO_METRICS_LISTEN")
+        .map(|(_, value)| value.as_str())
+        .expect("worker environment sets RFO_METRICS_LISTEN");
+    format!("http://{listen}/metrics")
 }
 
 fn base_env(stack: &Stack, topic: &str) -> Vec<(&'static str, String)> {
@@ -469,6 +484,7 @@ impl Deployment {
             api_url: format!("http://127.0.0.1:{port}"),
             api,
             workers: Vec::new(),
+            metrics_urls: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -478,6 +494,7 @@ impl Deployment {
         let mut worker_envs = deployment.worker_env();
         worker_envs.extend(overrides);
         let log = deployment.logs.join("worker-0.log");
+        deployment.metrics_urls.push(metrics_url(&worker_envs));
         deployment
             .workers
             .push(Process::spawn("rfo-worker", &worker_envs, log));
