@@ -1,8 +1,8 @@
 //! Fault-injection tests against the real Kafka, S3 server and PostgreSQL of `ops/stack`.
 //!
-//! Each test runs at least 300 small jobs through `rfo-api` and `rfo-worker` processes, injects
-//! a fault while they run (SIGKILL, SIGTERM, a service stopped or restarted, a stalled
-//! download, workers joining and leaving the group), and then checks that every job is `done`
+//! Each test runs at least 300 small jobs through `rfo-api` and `rfo-worker` processes and
+//! injects a fault while they run: SIGKILL, SIGTERM, a service stopped or restarted, a stalled
+//! download, or workers joining and leaving the group. It then checks that every job is `done`
 //! exactly once: one row, the overlay and its preview in the output bucket and nothing else
 //! under the job's key, no multipart upload left open, nothing in the dead-letter topic.
 //!
@@ -32,7 +32,7 @@ use uuid::Uuid;
 /// most 20 jobs a second.
 const PACE_MS: u64 = 100;
 const DOWNLOAD_CONCURRENCY: &str = "2";
-/// Longest wait for a whole run to finish, faults included; generous for a loaded machine.
+/// Maximum wait for a whole run to finish, faults included. It is generous, for loaded machines.
 const RUN_WAIT: Duration = Duration::from_secs(420);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -72,7 +72,7 @@ impl SplitMix {
         z ^ (z >> 31)
     }
 
-    /// A number in `low..high`.
+    /// Returns a number in `low..high`.
     fn range(&mut self, low: u64, high: u64) -> u64 {
         low + self.next() % (high - low)
     }
@@ -112,7 +112,7 @@ impl Drop for Restore {
     }
 }
 
-/// A gray PNG of 48 by 48 pixels with a bright square whose place depends on `index`.
+/// Encodes a gray PNG of 48 by 48 pixels with a bright square whose place depends on `index`.
 fn small_png(index: usize) -> Vec<u8> {
     let (width, height) = (48u32, 48u32);
     let (sx, sy) = ((index * 7) % 32, (index * 13) % 32);
@@ -395,7 +395,7 @@ impl Run {
     }
 
     /// Checks that no multipart upload of this run's jobs is open, where the S3 server
-    /// answers ListMultipartUploads.
+    /// implements ListMultipartUploads.
     async fn check_multipart_uploads(&self) {
         let s3 = self.stack.s3().await;
         match s3
