@@ -11,6 +11,7 @@ use rfo_core::storage::{ObjectStore, StorageError};
 use rfo_core::{ErrorCode, JobError};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::failpoint::{self, Point};
 use crate::retry::Backoff;
 use crate::stage::{Delivery, Downloaded, StageTimings, elapsed_ms};
 
@@ -56,6 +57,7 @@ impl Downloader {
     }
 
     async fn download(&self, delivery: Delivery) -> Downloaded {
+        failpoint::hit(Point::Download, Some(delivery.message.job_id)).await;
         let started = Instant::now();
         let job_id = delivery.message.job_id;
         let mut attempts = 0;

@@ -14,6 +14,7 @@ use rfo_core::record::{Detection, JobResult};
 use tokio::sync::{mpsc, watch};
 
 use crate::acknowledge::{Acknowledger, DeadLetter, Settled};
+use crate::failpoint::{self, Point};
 use crate::retry::Backoff;
 use crate::stage::{Finished, elapsed_ms};
 
@@ -89,6 +90,7 @@ impl Inserter {
                 }
             }
         }
+        failpoint::hit(Point::AfterInsert, None).await;
         let insert_ms = elapsed_ms(started);
         metrics::histogram!("rfo_stage_duration_seconds", "stage" => "insert")
             .record(started.elapsed().as_secs_f64());

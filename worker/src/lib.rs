@@ -5,6 +5,7 @@ pub mod decode;
 pub mod detect;
 pub mod download;
 pub mod embedded_source;
+pub mod failpoint;
 pub mod insert;
 pub mod kafka_source;
 pub mod offsets;

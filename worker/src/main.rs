@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let settings = args.validate()?;
+    rfo_worker::failpoint::init_from_env()?;
     match &args.command {
         Some(Command::AllInOne) => return standalone::all_in_one(settings).await,
         Some(Command::Batch(batch)) => return standalone::batch(settings, batch).await,

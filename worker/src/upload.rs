@@ -12,6 +12,7 @@ use rfo_core::storage::ObjectStore;
 use rfo_core::{ErrorCode, JobError};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::failpoint::{self, Point};
 use crate::retry::Backoff;
 use crate::stage::{Finished, Processed, Uploaded, elapsed_ms};
 
@@ -45,6 +46,9 @@ impl Uploader {
             let finished = finished.clone();
             tasks.spawn(async move {
                 let item = uploader.upload(item).await;
+                if item.outcome.is_ok() {
+                    failpoint::hit(Point::AfterUpload, Some(item.delivery.message.job_id)).await;
+                }
                 let _ = finished.send(item).await;
                 drop(slot);
             });

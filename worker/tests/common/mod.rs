@@ -223,7 +223,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, envs: &[(&str, String)], log: PathBuf) -> Process {
+    pub fn spawn(name: &str, envs: &[(&str, String)], log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).expect("create log file");
         let mut command = Command::new(binary(name));
         command.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
@@ -414,7 +414,7 @@ fn metrics_url(envs: &[(&'static str, String)]) -> String {
     format!("http://{listen}/metrics")
 }
 
-fn base_env(stack: &Stack, topic: &str) -> Vec<(&'static str, String)> {
+pub fn base_env(stack: &Stack, topic: &str) -> Vec<(&'static str, String)> {
     let mut envs = vec![
         (
             "RFO_QUEUE_URL",
