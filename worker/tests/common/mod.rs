@@ -179,7 +179,7 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
     (info.width, info.height)
 }
 
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     // Test binaries live in target/<profile>/deps; the project's binaries one level up.
     let exe = std::env::current_exe().expect("current test binary");
     let path = exe
@@ -223,7 +223,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, envs: &[(&str, String)], log: PathBuf) -> Process {
+    pub fn spawn(name: &str, envs: &[(&str, String)], log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).expect("create log file");
         let mut command = Command::new(binary(name));
         command.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
