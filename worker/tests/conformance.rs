@@ -186,7 +186,7 @@ impl Deployment {
         keys
     }
 
-    /// Every row of the job table with `column` equal to `value`.
+    /// Reads every row of the job table whose `column` equals `value`.
     async fn rows(&self, column: &str, value: &str) -> Vec<JobRow> {
         match &self.backends {
             Backends::Distributed { stack, .. } => {
@@ -231,7 +231,7 @@ impl Deployment {
         }
     }
 
-    /// How many records were ever appended to the deployment's queue, consumed or not.
+    /// Counts the records ever appended to the deployment's queue, consumed or not.
     async fn records_ever_queued(&self) -> i64 {
         match &self.backends {
             Backends::Distributed { stack, topic } => {
