@@ -224,7 +224,14 @@ impl Deployment {
                 db.close().await;
                 rows.into_iter()
                     .map(|(s, k, w, h, boxes, a)| {
-                        JobRow::from((s, k, w, h, serde_json::from_str(&boxes).unwrap(), a))
+                        JobRow::from((
+                            s,
+                            k,
+                            w,
+                            h,
+                            serde_json::from_str::<Value>(&boxes).unwrap(),
+                            a,
+                        ))
                     })
                     .collect()
             }
@@ -432,9 +439,13 @@ fn shape(value: &Value) -> Value {
     }
 }
 
-const TIMESTAMP: &str = "timestamp 0000-00-00T00:00:00.000000Z";
+const TIMESTAMP: &str = "timestamp 0000-00-00T00:00:00.000000+00:00";
 
 fn box_shape() -> Value {
+    json!({"x1": "integer", "y1": "integer", "x2": "integer", "y2": "integer"})
+}
+
+fn detection_shape() -> Value {
     json!({
         "x1": "integer", "y1": "integer", "x2": "integer", "y2": "integer",
         "label": "string", "score": "number"
@@ -450,7 +461,7 @@ fn done_shape() -> Value {
         "overlay_key": "string",
         "preview_key": "string",
         "box": box_shape(),
-        "boxes": [box_shape()],
+        "boxes": [detection_shape()],
         "width": "integer",
         "height": "integer",
         "detector": "string",
@@ -848,17 +859,18 @@ async fn jobs_queued_while_stopped_run_after_start(set: Set) {
 
 async fn killed_worker_jobs_finish_after_restart(set: Set) {
     let mut deployment = Deployment::start(set, "killed_worker_jobs_finish_after_restart", 1).await;
-    let jobs = submit_samples(&deployment, 12).await;
+    let jobs = submit_samples(&deployment, 24).await;
 
     // Kill the worker as soon as the first job is done, while it holds the others.
     let deadline = Instant::now() + common::WAIT;
     let unfinished = loop {
-        let mut done = 0;
-        for (_, job_id) in &jobs {
-            if deployment.job(job_id).await["status"] != "queued" {
-                done += 1;
-            }
-        }
+        let (_, recent) = deployment.get_json("/recent?n=1000").await;
+        let done = recent
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|job| job["status"] != "queued")
+            .count();
         if done > 0 {
             deployment.workers[0]
                 .child
