@@ -668,8 +668,9 @@ async fn submit_rejects_invalid_requests(set: Set) {
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
     let oversized = format!("{{\"image_key\": \"{}\"}}", "x".repeat(100 * 1024));
-    let response = deployment
-        .http
+    // A client of its own, because the server closes the connection after a 413 without
+    // `Connection: close`, and a pooled connection reused after it fails.
+    let response = reqwest::Client::new()
         .post(format!("{}/submit", deployment.api_url))
         .body(oversized)
         .send()
