@@ -301,7 +301,7 @@ impl Deployment {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// Submits `key` and returns the job id; fails the test unless the API answers 202.
+    /// Submits `key` and returns the job id; fails the test unless the API returns 202.
     async fn submit_accepted(&self, key: &str) -> String {
         let (status, body) = self.submit(key).await;
         assert_eq!(status, 202, "submit {key}: {body}");
@@ -348,8 +348,8 @@ impl Drop for Deployment {
         if let Backends::Embedded { root } = &self.backends
             && !std::thread::panicking()
         {
-            // The processes hold the files open until they are killed, which the fields'
-            // own drops do after this; removing the folder first is fine on Unix.
+            // The fields' own drops kill the processes after this. Removing the folder while
+            // they still have its files open is fine on Unix.
             let _ = std::fs::remove_dir_all(root);
         }
     }
@@ -411,7 +411,7 @@ fn run_prefix() -> String {
     format!("test-{}", Uuid::now_v7().simple())
 }
 
-/// The JSON shape of a value: its object keys and the JSON type of every leaf. Strings that
+/// Returns the JSON shape of a value: its object keys and the JSON type of every leaf. Strings that
 /// are RFC 3339 timestamps become `timestamp` followed by the text with every digit replaced
 /// by 0, so that two backends that write timestamps differently have different shapes.
 fn shape(value: &Value) -> Value {
@@ -491,7 +491,7 @@ fn failed_shape() -> Value {
     })
 }
 
-/// Asserts that the output holds exactly the overlay and the preview of `job_id`.
+/// Asserts that the output contains exactly the overlay and the preview of `job_id`.
 async fn assert_one_overlay(deployment: &Deployment, job_id: &str) {
     assert_eq!(
         deployment.list_output(&format!("overlays/{job_id}")).await,
@@ -862,7 +862,7 @@ async fn killed_worker_jobs_finish_after_restart(set: Set) {
     let mut deployment = Deployment::start(set, "killed_worker_jobs_finish_after_restart", 1).await;
     let jobs = submit_samples(&deployment, 24).await;
 
-    // Kill the worker as soon as the first job is done, while it holds the others.
+    // Kill the worker as soon as the first job is done, while it has the others in flight.
     let deadline = Instant::now() + common::WAIT;
     let unfinished = loop {
         let (_, recent) = deployment.get_json("/recent?n=1000").await;
@@ -949,7 +949,7 @@ async fn jobs_finished_by(http: &reqwest::Client, metrics_address: &str) -> u64 
 async fn embedded_queue_shared_by_two_workers() {
     let mut deployment =
         Deployment::start(Set::Embedded, "embedded_queue_shared_by_two_workers", 0).await;
-    // Small channels keep the records one worker holds at once well below the job count,
+    // Small channels keep the records one worker leases at once well below the job count,
     // so both workers get records.
     let mut metrics = Vec::new();
     for _ in 0..2 {
