@@ -142,6 +142,8 @@ async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
     {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            // TODO: add `Connection: close` as the 408 response does. The unread rest of the
+            // body makes the server close the connection, and a client that reuses it fails.
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

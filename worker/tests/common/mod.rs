@@ -179,7 +179,7 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
     (info.width, info.height)
 }
 
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     // Test binaries live in target/<profile>/deps; the project's binaries one level up.
     let exe = std::env::current_exe().expect("current test binary");
     let path = exe
