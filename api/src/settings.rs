@@ -37,6 +37,10 @@ pub struct Args {
     /// Allow image keys in debug-level log lines (true or false).
     #[arg(long, env = "RFO_LOG_KEYS", default_value = "false")]
     pub log_keys: String,
+    /// Log in to Amazon MSK with IAM (true or false): SASL/OAUTHBEARER tokens signed with the
+    /// AWS credentials chain, for the region in AWS_REGION.
+    #[arg(long, env = "RFO_MSK_IAM", default_value = "false")]
+    pub msk_iam: String,
     /// Milliseconds a submit waits for the broker to acknowledge the job before answering 503.
     #[arg(long, env = "RFO_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     pub publish_timeout_ms: u64,
@@ -198,6 +202,7 @@ pub struct Settings {
     pub migrate: bool,
     pub log_keys: bool,
     pub publish_timeout_ms: u64,
+    pub msk_iam: bool,
     pub kafka: BTreeMap<String, String>,
 }
 
@@ -218,6 +223,9 @@ impl Args {
                 "expected milliseconds from 100 to 120000",
             ));
         }
+        let msk_iam = rfo_core::config::parse_bool("RFO_MSK_IAM", &self.msk_iam)?;
+        let mut kafka = kafka_overrides(std::env::vars());
+        rfo_core::kafka::apply_msk_iam(&mut kafka, msk_iam)?;
         Ok(Settings {
             queue: QueueUrl::parse("RFO_QUEUE_URL", &self.queue_url)?,
             input,
@@ -230,7 +238,8 @@ impl Args {
             migrate: rfo_core::config::parse_bool("RFO_MIGRATE", &self.migrate)?,
             log_keys: rfo_core::config::parse_bool("RFO_LOG_KEYS", &self.log_keys)?,
             publish_timeout_ms: self.publish_timeout_ms,
-            kafka: kafka_overrides(std::env::vars()),
+            msk_iam,
+            kafka,
         })
     }
 }
