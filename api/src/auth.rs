@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use rfo_core::config::{ConfigError, parse_bool};
+use rfo_core::db::ANONYMOUS;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -157,32 +158,33 @@ impl Authenticator {
         }
     }
 
-    /// Returns the 401 or 403 response for a request whose token does not grant its route,
-    /// or `None` when the request may proceed.
-    pub fn check<B>(&self, request: &Request<B>) -> Option<Response<Full<Bytes>>> {
-        let tokens = self.tokens.as_ref()?;
+    /// Returns the name of the token that grants the request its route, for the audit log,
+    /// or the 401 or 403 response for a request that may not proceed. The name is
+    /// [`ANONYMOUS`] when authentication is off or the route is open.
+    pub fn check<B>(&self, request: &Request<B>) -> Result<String, Response<Full<Bytes>>> {
+        let Some(tokens) = self.tokens.as_ref() else {
+            return Ok(ANONYMOUS.to_owned());
+        };
         let access = self.access(request.uri().path());
         if access == Access::Open {
-            return None;
+            return Ok(ANONYMOUS.to_owned());
         }
         let presented = match bearer_token(request.headers()) {
             Ok(token) => token,
-            Err(rejection) => return Some(rejection.response()),
+            Err(rejection) => return Err(rejection.response()),
         };
         let Some(entry) = find_token(tokens, presented) else {
-            return Some(Rejection::UnknownToken.response());
+            return Err(Rejection::UnknownToken.response());
         };
         match access {
-            Access::Scope(scope) if !entry.has(scope) => Some(
-                Rejection::InsufficientScope {
-                    token: entry.name.clone(),
-                    scope,
-                }
-                .response(),
-            ),
+            Access::Scope(scope) if !entry.has(scope) => Err(Rejection::InsufficientScope {
+                token: entry.name.clone(),
+                scope,
+            }
+            .response()),
             _ => {
                 tracing::debug!(token = %entry.name, "request authenticated");
-                None
+                Ok(entry.name.clone())
             }
         }
     }
@@ -508,7 +510,8 @@ mod tests {
             request = request.header(AUTHORIZATION, value);
         }
         let request = request.body(()).unwrap();
-        auth.check(&request).map_or(200, |r| r.status().as_u16())
+        auth.check(&request)
+            .map_or_else(|r| r.status().as_u16(), |_| 200)
     }
 
     #[test]
@@ -532,6 +535,19 @@ mod tests {
             status(&auth, "/recent", Some(&format!("bearer {token}"))),
             200
         );
+    }
+
+    #[test]
+    fn check_returns_token_name() {
+        let token = "b".repeat(40);
+        let auth = authenticator(&entry_for(&token, "reader", "read"));
+        let request = Request::get("/recent")
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        assert_eq!(auth.check(&request).ok().as_deref(), Some("reader"));
+        let open = Request::get("/healthz").body(()).unwrap();
+        assert_eq!(auth.check(&open).ok().as_deref(), Some(ANONYMOUS));
     }
 
     #[test]

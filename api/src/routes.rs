@@ -1,6 +1,7 @@
 //! Request handlers. Every error body is `{"error": {"code", "message"}}`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,10 +9,11 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use rfo_core::db::{JobStore, PoolSettings};
+use rfo_core::db::{AuditAction, AuditEntry, JobStore, PoolSettings};
 use rfo_core::job::{JobMessage, now_micros, validate_key};
+use rfo_core::kafka::KafkaContext;
 use rfo_core::queue::Publisher;
 use rfo_core::s3::S3Settings;
 use rfo_core::storage::{ObjectStore, StorageError};
@@ -60,6 +62,9 @@ impl AppState {
             &settings.queue,
             Duration::from_millis(settings.publish_timeout_ms),
             &settings.kafka,
+            KafkaContext::new(settings.msk_iam)
+                .await
+                .context("failed to set up RFO_MSK_IAM")?,
         )
         .await
         .context("failed to open RFO_QUEUE_URL")?;
@@ -76,38 +81,54 @@ impl AppState {
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Routes one request. Never fails: every error becomes a JSON response.
+/// Routes one request from `peer`. Never fails: every error becomes a JSON response.
+/// Submits and reads of jobs are recorded in the audit log first; when that record cannot be
+/// written, a read is answered 503 instead, and a submit keeps its response, because its job
+/// is queued already.
 pub async fn handle(
     state: Arc<AppState>,
     auth: Arc<Authenticator>,
+    peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, Infallible> {
-    if let Some(rejection) = auth.check(&request) {
-        return Ok(rejection);
-    }
+    let actor = match auth.check(&request) {
+        Ok(actor) => actor,
+        Err(rejection) => return Ok(rejection),
+    };
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (route, response) = match (&method, path.as_str()) {
-        (&Method::POST, "/submit") => ("submit", submit(&state, request).await),
-        (&Method::GET, "/recent") => ("recent", recent(&state, request.uri().query()).await),
+    let (route, audited, response) = match (&method, path.as_str()) {
+        (&Method::POST, "/submit") => {
+            let (response, ids) = submit(&state, request).await;
+            ("submit", Some((AuditAction::Submit, ids)), response)
+        }
+        (&Method::GET, "/recent") => {
+            let (response, ids) = list_recent(&state, request.uri().query()).await;
+            ("recent", Some((AuditAction::ListRecent, ids)), response)
+        }
         (&Method::GET, "/healthz") => (
             "healthz",
+            None,
             json_response(StatusCode::OK, &json!({"status": "ok"})),
         ),
-        (&Method::GET, "/readyz") => ("readyz", ready(&state).await),
-        (&Method::GET, "/metrics") => ("metrics", metrics_response(&state)),
-        (&Method::GET, "/openapi.json") => ("openapi", openapi_response()),
+        (&Method::GET, "/readyz") => ("readyz", None, ready(&state).await),
+        (&Method::GET, "/metrics") => ("metrics", None, metrics_response(&state)),
+        (&Method::GET, "/openapi.json") => ("openapi", None, openapi_response()),
         (&Method::GET, p) if p.starts_with("/jobs/") => {
-            ("job", job(&state, &p["/jobs/".len()..]).await)
+            let (response, ids) = job(&state, &p["/jobs/".len()..]).await;
+            ("job", Some((AuditAction::ReadJob, ids)), response)
         }
-        (_, "/submit") => ("other", method_not_allowed(&method, &path, "POST")),
+        (_, "/submit") => ("other", None, method_not_allowed(&method, &path, "POST")),
         (_, "/recent" | "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => {
-            ("other", method_not_allowed(&method, &path, "GET"))
+            ("other", None, method_not_allowed(&method, &path, "GET"))
         }
-        (_, p) if p.starts_with("/jobs/") => ("other", method_not_allowed(&method, &path, "GET")),
+        (_, p) if p.starts_with("/jobs/") => {
+            ("other", None, method_not_allowed(&method, &path, "GET"))
+        }
         _ => (
             "other",
+            None,
             error_response(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -115,11 +136,53 @@ pub async fn handle(
             ),
         ),
     };
+    let response = match audited {
+        Some((action, job_ids)) => {
+            let entry = AuditEntry {
+                recorded_at: now_micros(),
+                actor,
+                action,
+                job_ids,
+                status: response.status().as_u16(),
+                remote_addr: peer.to_string(),
+            };
+            record_audit(&state, &entry, response).await
+        }
+        None => response,
+    };
     let status = response.status().as_u16().to_string();
     metrics::counter!("rfo_api_requests_total", "route" => route, "status" => status).increment(1);
     metrics::histogram!("rfo_api_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     Ok(response)
+}
+
+/// Appends `entry` to the audit log; returns `response`, or a 503 in its place when the entry
+/// of a read cannot be written.
+async fn record_audit(
+    state: &AppState,
+    entry: &AuditEntry,
+    response: HttpResponse,
+) -> HttpResponse {
+    let Err(error) = state.store.append_audit(entry).await else {
+        return response;
+    };
+    metrics::counter!("rfo_api_audit_failures_total", "action" => entry.action.as_str())
+        .increment(1);
+    tracing::warn!(
+        action = %entry.action,
+        job_ids = ?entry.job_ids,
+        %error,
+        "failed to write the audit record"
+    );
+    if entry.action == AuditAction::Submit {
+        return response;
+    }
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        "the audit record of this request could not be written; retry later",
+    )
 }
 
 #[derive(Deserialize)]
@@ -135,56 +198,76 @@ struct SubmitResponse<'a> {
     topic: &'a str,
 }
 
-async fn submit(state: &AppState, request: Request<Incoming>) -> HttpResponse {
+/// Handles `POST /submit`; returns the response and the id of the job it created, if any.
+async fn submit(state: &AppState, request: Request<Incoming>) -> (HttpResponse, Vec<Uuid>) {
     let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
     {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            // TODO: add `Connection: close` as the 408 response does. The unread rest of the
-            // body makes the server close the connection, and a client that reuses it fails.
-            return error_response(
+            // The unread rest of the body makes the server close the connection, so the
+            // response says so and a client does not reuse it.
+            let mut response = error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!(
                     "request body is over {MAX_BODY_BYTES} bytes; send {{\"image_key\": \"...\"}}"
                 ),
             );
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return (response, Vec::new());
         }
         Err(error) => {
-            return error_response(
+            let response = error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 format!("failed to read the request body: {error}"),
             );
+            return (response, Vec::new());
         }
     };
-    submit_body(state, &body).await
+    let (response, job_id) = submit_job(state, &body).await;
+    (response, job_id.into_iter().collect())
 }
 
 /// Handles the body of `POST /submit`. The all-in-one commands call it in-process.
 pub async fn submit_body(state: &AppState, body: &[u8]) -> HttpResponse {
+    submit_job(state, body).await.0
+}
+
+/// Parses a submit body and looks its key up in the input store; returns the request and the
+/// input's ETag, or the error response.
+async fn check_submission(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(SubmitRequest, Option<String>), HttpResponse> {
     let submit: SubmitRequest = match serde_json::from_slice(body) {
         Ok(s) => s,
         Err(error) => {
-            return error_response(
+            return Err(error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 format!(
                     "request body is not valid JSON of the form {{\"image_key\": \"...\"}}: {error}"
                 ),
-            );
+            ));
         }
     };
     if let Err(error) = validate_key(&submit.image_key) {
-        return error_response(StatusCode::BAD_REQUEST, "invalid_key", error.to_string());
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            error.to_string(),
+        ));
     }
 
     let etag = match state.input.head(&submit.image_key).await {
         Ok(info) => info.etag,
         Err(StorageError::NotFound) => {
-            return error_response(
+            return Err(error_response(
                 StatusCode::NOT_FOUND,
                 "input_not_found",
                 format!(
@@ -192,19 +275,33 @@ pub async fn submit_body(state: &AppState, body: &[u8]) -> HttpResponse {
                     submit.image_key,
                     state.input.location()
                 ),
-            );
+            ));
         }
         Err(StorageError::InvalidKey(reason)) => {
-            return error_response(StatusCode::BAD_REQUEST, "invalid_key", reason);
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+                reason,
+            ));
         }
         Err(error) => {
             tracing::warn!(%error, "input store lookup failed");
-            return error_response(
+            return Err(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",
                 "the input store could not be reached; retry later",
-            );
+            ));
         }
+    };
+    Ok((submit, etag))
+}
+
+/// Records and publishes a submitted job; returns the response and the job id, when the
+/// request got as far as creating one.
+async fn submit_job(state: &AppState, body: &[u8]) -> (HttpResponse, Option<Uuid>) {
+    let (submit, etag) = match check_submission(state, body).await {
+        Ok(checked) => checked,
+        Err(response) => return (response, None),
     };
 
     let job_id = Uuid::now_v7();
@@ -216,11 +313,12 @@ pub async fn submit_body(state: &AppState, body: &[u8]) -> HttpResponse {
         .await
     {
         tracing::warn!(%job_id, %error, "failed to record a submitted job");
-        return error_response(
+        let response = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "database_unavailable",
             "the job database could not be reached; retry later",
         );
+        return (response, None);
     }
 
     let message = JobMessage::new(job_id, submit.image_key.clone(), created_at);
@@ -233,7 +331,10 @@ pub async fn submit_body(state: &AppState, body: &[u8]) -> HttpResponse {
             tracing::warn!(%job_id, error = %db_error, "failed to mark an unpublished job failed");
         }
         let body = json!({"error": {"code": "queue_unavailable", "message": "the queue could not take the job; it will not run, submit it again later"}, "job_id": job_id});
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+        return (
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &body),
+            Some(job_id),
+        );
     }
     if let Err(error) = state.store.mark_published(job_id).await {
         // The row stays unacknowledged, so a later sweep publishes the job again; the worker
@@ -244,7 +345,7 @@ pub async fn submit_body(state: &AppState, body: &[u8]) -> HttpResponse {
     if state.log_keys {
         tracing::debug!(%job_id, image_key = %submit.image_key, "job image key");
     }
-    json_response(
+    let response = json_response(
         StatusCode::ACCEPTED,
         &SubmitResponse {
             job_id,
@@ -252,11 +353,17 @@ pub async fn submit_body(state: &AppState, body: &[u8]) -> HttpResponse {
             queued: true,
             topic: &state.topic,
         },
-    )
+    );
+    (response, Some(job_id))
 }
 
 /// Handles `GET /recent` with the request's query string.
 pub async fn recent(state: &AppState, query: Option<&str>) -> HttpResponse {
+    list_recent(state, query).await.0
+}
+
+/// Lists recent jobs; returns the response and the ids of the listed jobs.
+async fn list_recent(state: &AppState, query: Option<&str>) -> (HttpResponse, Vec<Uuid>) {
     let mut limit = 10;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -264,36 +371,47 @@ pub async fn recent(state: &AppState, query: Option<&str>) -> HttpResponse {
             match value.parse::<u32>() {
                 Ok(n) if (1..=1000).contains(&n) => limit = n,
                 _ => {
-                    return error_response(
+                    let response = error_response(
                         StatusCode::BAD_REQUEST,
                         "invalid_request",
                         format!("n={value:?} is invalid; use a whole number from 1 to 1000"),
                     );
+                    return (response, Vec::new());
                 }
             }
         }
     }
     match state.store.recent(limit).await {
-        Ok(jobs) => json_response(StatusCode::OK, &jobs),
+        Ok(jobs) => {
+            let ids = jobs.iter().map(|job| job.job_id).collect();
+            (json_response(StatusCode::OK, &jobs), ids)
+        }
         Err(error) => {
             tracing::warn!(%error, "failed to list recent jobs");
-            error_response(
+            let response = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",
                 "the job database could not be reached; retry later",
-            )
+            );
+            (response, Vec::new())
         }
     }
 }
 
-async fn job(state: &AppState, id: &str) -> HttpResponse {
+/// Looks up one job; returns the response and the requested id when it is a valid one.
+async fn job(state: &AppState, id: &str) -> (HttpResponse, Vec<Uuid>) {
     let Ok(job_id) = id.parse::<Uuid>() else {
-        return error_response(
+        let response = error_response(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!("{id:?} is not a job id; job ids are UUIDs"),
         );
+        return (response, Vec::new());
     };
+    (read_job(state, job_id).await, vec![job_id])
+}
+
+async fn read_job(state: &AppState, job_id: Uuid) -> HttpResponse {
     match state.store.get(job_id).await {
         Ok(Some(job)) => json_response(StatusCode::OK, &job),
         Ok(None) => error_response(

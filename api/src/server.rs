@@ -170,7 +170,7 @@ where
     let auth = context.auth.clone();
     let request_timeout = context.http.request_timeout;
     let service = service_fn(move |request| {
-        let handled = routes::handle(state.clone(), auth.clone(), request);
+        let handled = routes::handle(state.clone(), auth.clone(), peer, request);
         async move {
             match tokio::time::timeout(request_timeout, handled).await {
                 Ok(result) => result,

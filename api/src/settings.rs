@@ -37,6 +37,10 @@ pub struct Args {
     /// Allow image keys in debug-level log lines (true or false).
     #[arg(long, env = "RFO_LOG_KEYS", default_value = "false")]
     pub log_keys: String,
+    /// Log in to Amazon MSK with IAM (true or false): SASL/OAUTHBEARER tokens signed with the
+    /// AWS credentials chain, for the region in AWS_REGION.
+    #[arg(long, env = "RFO_MSK_IAM", default_value = "false")]
+    pub msk_iam: String,
     /// Milliseconds a submit waits for the broker to acknowledge the job before answering 503.
     #[arg(long, env = "RFO_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     pub publish_timeout_ms: u64,
@@ -211,6 +215,7 @@ pub struct Settings {
     pub log_keys: bool,
     pub publish_timeout_ms: u64,
     pub republish: RepublishSettings,
+    pub msk_iam: bool,
     pub kafka: BTreeMap<String, String>,
 }
 
@@ -243,6 +248,9 @@ impl Args {
             ));
         }
         let republish = self.republish_settings()?;
+        let msk_iam = rfo_core::config::parse_bool("RFO_MSK_IAM", &self.msk_iam)?;
+        let mut kafka = kafka_overrides(std::env::vars());
+        rfo_core::kafka::apply_msk_iam(&mut kafka, msk_iam)?;
         Ok(Settings {
             queue: QueueUrl::parse("RFO_QUEUE_URL", &self.queue_url)?,
             input,
@@ -256,7 +264,8 @@ impl Args {
             log_keys: rfo_core::config::parse_bool("RFO_LOG_KEYS", &self.log_keys)?,
             publish_timeout_ms: self.publish_timeout_ms,
             republish,
-            kafka: kafka_overrides(std::env::vars()),
+            msk_iam,
+            kafka,
         })
     }
 

@@ -23,7 +23,12 @@ pub struct JobMessage {
 /// Why a queue record is not a job this worker can run.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
-    #[error("record is not a valid job message: {0}")]
+    /// The message names the kind of error and its position but never serde's own text,
+    /// which quotes the offending value, because this error is logged.
+    #[error(
+        "record is not a valid job message: {} at line {} column {}",
+        json_problem(.0), .0.line(), .0.column()
+    )]
     Invalid(#[from] serde_json::Error),
     #[error(
         "job message version {0} is not supported; this worker reads version {MESSAGE_VERSION}"
@@ -31,6 +36,15 @@ pub enum MessageError {
     UnknownVersion(u32),
     #[error("job message has an invalid image key: {0}")]
     InvalidKey(#[from] KeyError),
+}
+
+fn json_problem(error: &serde_json::Error) -> &'static str {
+    match error.classify() {
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Eof => "the JSON ends early",
+        serde_json::error::Category::Data => "a field is missing or has an invalid value",
+        serde_json::error::Category::Io => "the record could not be read",
+    }
 }
 
 impl JobMessage {
@@ -184,6 +198,17 @@ mod tests {
             JobMessage::parse(b"not json"),
             Err(MessageError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn message_errors_omit_values() {
+        let value = br#"{"v":1,"job_id":"Patient Name","image_key":"Patient Name.png","submitted_at":"2026-02-01T05:36:26.470485+00:00"}"#;
+        let error = JobMessage::parse(value).unwrap_err().to_string();
+        assert!(error.contains("line 1 column"), "{error}");
+        assert!(!error.contains("Patient"), "{error}");
+        let value = br#"{"v":"Patient Name"}"#;
+        let error = JobMessage::parse(value).unwrap_err().to_string();
+        assert!(!error.contains("Patient"), "{error}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod error;
 pub mod job;
 pub mod kafka;
 pub mod logging;
+pub mod msk_iam;
 pub mod queue;
 pub mod record;
 pub mod s3;

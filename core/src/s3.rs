@@ -16,6 +16,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use bytes::Bytes;
 
+use crate::config::ConfigError;
 use crate::storage::{ObjectInfo, StorageError};
 
 /// S3 requires every part of a multipart upload but the last to be at least 5 MiB.
@@ -30,6 +31,39 @@ pub enum Encryption {
     S3Managed,
     /// SSE-KMS with the given key id, or the account's default key when `None`.
     Kms(Option<String>),
+}
+
+impl Encryption {
+    /// Builds the setting from `RFO_S3_SSE` (`none`, `AES256` or `aws:kms`, in any case) and
+    /// `RFO_S3_SSE_KMS_KEY_ID` (a KMS key id, ARN or alias, or empty for the account's
+    /// default key), which only `aws:kms` may use.
+    pub fn from_settings(sse: &str, kms_key_id: &str) -> Result<Encryption, ConfigError> {
+        let kms_key_id = kms_key_id.trim();
+        let encryption = match sse.trim().to_ascii_lowercase().as_str() {
+            "" | "none" => Encryption::BucketDefault,
+            "aes256" => Encryption::S3Managed,
+            "aws:kms" => {
+                let key = (!kms_key_id.is_empty()).then(|| kms_key_id.to_owned());
+                return Ok(Encryption::Kms(key));
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "RFO_S3_SSE",
+                    sse,
+                    "expected none (the bucket's default encryption), AES256 (SSE-S3) or \
+                     aws:kms (SSE-KMS)",
+                ));
+            }
+        };
+        if !kms_key_id.is_empty() {
+            return Err(ConfigError::new(
+                "RFO_S3_SSE_KMS_KEY_ID",
+                kms_key_id,
+                "a KMS key applies only with RFO_S3_SSE=aws:kms; set that or clear the key id",
+            ));
+        }
+        Ok(encryption)
+    }
 }
 
 /// Settings of the S3 client that are not part of the AWS environment.
@@ -93,6 +127,24 @@ where
     StorageError::Unavailable(DisplayErrorContext(error).to_string())
 }
 
+/// Like [`unavailable`] for a request on an input key: the key is replaced in the message,
+/// because errors are logged and a server may echo the key in its error text.
+fn unavailable_for<E, R>(key: &str, error: SdkError<E, R>) -> StorageError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let message = DisplayErrorContext(error).to_string();
+    StorageError::Unavailable(redact_key(&message, key))
+}
+
+fn redact_key(message: &str, key: &str) -> String {
+    if key.is_empty() {
+        return message.to_owned();
+    }
+    message.replace(key, "<image key>")
+}
+
 impl S3Store {
     pub async fn new(settings: &S3Settings, bucket: String, prefix: String) -> S3Store {
         S3Store {
@@ -141,7 +193,7 @@ impl S3Store {
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => {
                 Err(StorageError::NotFound)
             }
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(unavailable_for(key, e)),
         }
     }
 
@@ -160,7 +212,7 @@ impl S3Store {
             {
                 return Err(StorageError::NotFound);
             }
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(unavailable_for(key, e)),
         };
         let length = output
             .content_length()
@@ -339,5 +391,51 @@ impl S3Store {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encryption_settings_parse() {
+        let cases = [
+            ("none", "", Encryption::BucketDefault),
+            ("", "", Encryption::BucketDefault),
+            ("AES256", "", Encryption::S3Managed),
+            ("aes256", "", Encryption::S3Managed),
+            ("aws:kms", "", Encryption::Kms(None)),
+            (
+                "aws:kms",
+                "alias/rfo-overlays",
+                Encryption::Kms(Some("alias/rfo-overlays".to_owned())),
+            ),
+        ];
+        for (sse, key, expected) in cases {
+            let parsed = Encryption::from_settings(sse, key);
+            assert_eq!(parsed.ok(), Some(expected), "RFO_S3_SSE={sse:?}");
+        }
+    }
+
+    #[test]
+    fn encryption_settings_reject_invalid() {
+        let error = Encryption::from_settings("aws:kms:dsse", "").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("RFO_S3_SSE"), "{message}");
+        assert!(message.contains("aws:kms:dsse"), "{message}");
+        let error = Encryption::from_settings("AES256", "alias/rfo").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("RFO_S3_SSE_KMS_KEY_ID"), "{message}");
+    }
+
+    #[test]
+    fn redaction_removes_the_key() {
+        let message = "service error: NoSuchBucket: scans/Jane Doe.png was not found";
+        let redacted = redact_key(message, "scans/Jane Doe.png");
+        assert_eq!(
+            redacted,
+            "service error: NoSuchBucket: <image key> was not found"
+        );
     }
 }

@@ -170,7 +170,7 @@ impl FileStore {
                 etag: None,
             }),
             Ok(_) => Err(StorageError::NotFound),
-            Err(e) => Err(io_error(&path, e)),
+            Err(e) => Err(io_error(&self.root, e)),
         }
     }
 
@@ -182,7 +182,7 @@ impl FileStore {
         let path = self.path_of(key)?;
         let bytes = tokio::fs::read(&path)
             .await
-            .map_err(|e| io_error(&path, e))?;
+            .map_err(|e| io_error(&self.root, e))?;
         // The file may have grown between the two calls.
         if bytes.len() as u64 > limit {
             return Err(StorageError::TooLarge {
@@ -198,7 +198,7 @@ impl FileStore {
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
         tokio::fs::create_dir_all(&parent)
             .await
-            .map_err(|e| io_error(&parent, e))?;
+            .map_err(|e| io_error(&self.root, e))?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy())
@@ -215,7 +215,7 @@ impl FileStore {
         };
         if let Err(e) = renamed {
             let _ = tokio::fs::remove_file(&temporary).await;
-            return Err(io_error(&path, e));
+            return Err(io_error(&self.root, e));
         }
         Ok(())
     }
@@ -232,14 +232,19 @@ impl FileStore {
     }
 }
 
-fn io_error(path: &Path, error: std::io::Error) -> StorageError {
+/// Maps a file system error to a storage error. The message names the root, never the path
+/// under it, because that path is made of the key and errors are logged.
+fn io_error(root: &Path, error: std::io::Error) -> StorageError {
     match error.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => StorageError::NotFound,
         std::io::ErrorKind::InvalidFilename => StorageError::InvalidKey(format!(
             "the key cannot be stored as a file name in {}: {error}",
-            path.display()
+            root.display()
         )),
-        _ => StorageError::Unavailable(format!("{}: {error}", path.display())),
+        _ => StorageError::Unavailable(format!(
+            "file operation under {} failed: {error}",
+            root.display()
+        )),
     }
 }
 

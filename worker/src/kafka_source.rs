@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::client::OAuthToken;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -18,20 +19,32 @@ use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use rfo_core::job::{JobMessage, format_timestamp};
+use rfo_core::kafka::KafkaContext;
 use tokio::sync::{mpsc, watch};
 
 use crate::offsets::OffsetTracker;
 use crate::stage::{Delivery, Receipt};
 
-/// Consumer context that commits what is done when partitions are revoked.
+/// Consumer context that commits what is done when partitions are revoked, and makes MSK IAM
+/// tokens through [`KafkaContext`].
 pub struct WorkerContext {
     pub topic: String,
     pub offsets: Arc<Mutex<OffsetTracker>>,
+    pub kafka: KafkaContext,
 }
 
 impl ClientContext for WorkerContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
     fn stats(&self, statistics: Statistics) {
         crate::telemetry::record_consumer_lag(&self.topic, &statistics);
+    }
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.kafka.oauth_token()
     }
 }
 
@@ -82,7 +95,7 @@ pub fn offsets_list(topic: &str, offsets: &[(i32, i64)]) -> TopicPartitionList {
 
 /// The dead-letter topic and the producer that writes to it.
 pub struct DeadLetters {
-    pub producer: FutureProducer,
+    pub producer: FutureProducer<KafkaContext>,
     pub topic: String,
 }
 

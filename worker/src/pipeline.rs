@@ -20,6 +20,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use rfo_core::config::QueueUrl;
 use rfo_core::db::{JobStore, PoolSettings};
+use rfo_core::kafka::KafkaContext;
 use rfo_core::queue::EmbeddedQueue;
 use rfo_core::s3::S3Settings;
 use rfo_core::storage::ObjectStore;
@@ -54,6 +55,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let s3_settings = S3Settings {
         force_path_style: settings.s3_force_path_style,
+        encryption: settings.s3_encryption.clone(),
         ..S3Settings::default()
     };
     let input = ObjectStore::open(&settings.input, &s3_settings)
@@ -189,9 +191,13 @@ impl Source {
         match &settings.queue {
             QueueUrl::Kafka { brokers, topic } => {
                 let offsets = Arc::new(Mutex::new(OffsetTracker::default()));
+                let kafka_context = KafkaContext::new(settings.msk_iam)
+                    .await
+                    .context("failed to set up RFO_MSK_IAM")?;
                 let context = WorkerContext {
                     topic: topic.clone(),
                     offsets: offsets.clone(),
+                    kafka: kafka_context.clone(),
                 };
                 let mut config = rfo_core::kafka::consumer_config(
                     brokers,
@@ -208,9 +214,9 @@ impl Source {
                     .subscribe(&[topic])
                     .with_context(|| format!("failed to subscribe to topic {topic}"))?;
                 let consumer = Arc::new(consumer);
-                let producer: FutureProducer =
+                let producer: FutureProducer<KafkaContext> =
                     rfo_core::kafka::producer_config(brokers, 30_000, &settings.kafka)
-                        .create()
+                        .create_with_context(kafka_context)
                         .context("failed to create the Kafka producer of the dead-letter topic")?;
                 let dead_letters = Arc::new(DeadLetters {
                     producer,

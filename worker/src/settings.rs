@@ -8,6 +8,7 @@ use rfo_core::config::{
     ConfigError, DEFAULT_DATABASE_URL, DEFAULT_INPUT_URL, DEFAULT_OUTPUT_URL, DEFAULT_QUEUE_URL,
     DatabaseUrl, QueueUrl, StorageUrl, kafka_overrides, parse_bool,
 };
+use rfo_core::s3::Encryption;
 
 /// Settings of `rfo-worker`. Each flag can also be set by the environment variable it names;
 /// the flag wins.
@@ -37,10 +38,21 @@ pub struct Args {
     /// Path-style S3 addressing, which most local S3 servers need (true or false).
     #[arg(long, env = "RFO_S3_FORCE_PATH_STYLE", default_value = "false")]
     pub s3_force_path_style: String,
+    /// Server-side encryption of written overlays and previews: none (the bucket's default),
+    /// AES256 (SSE-S3) or aws:kms (SSE-KMS).
+    #[arg(long, env = "RFO_S3_SSE", default_value = "none")]
+    pub s3_sse: String,
+    /// KMS key id, ARN or alias for RFO_S3_SSE=aws:kms; empty means the account's default key.
+    #[arg(long, env = "RFO_S3_SSE_KMS_KEY_ID", default_value = "")]
+    pub s3_sse_kms_key_id: String,
     /// Detector to run: random (a placeholder box seeded by the job id) or exposure (the box of
     /// the exposed region).
     #[arg(long, env = "RFO_DETECTOR", default_value = "random")]
     pub detector: String,
+    /// Log in to Amazon MSK with IAM (true or false): SASL/OAUTHBEARER tokens signed with the
+    /// AWS credentials chain, for the region in AWS_REGION.
+    #[arg(long, env = "RFO_MSK_IAM", default_value = "false")]
+    pub msk_iam: String,
     /// Allow image keys in debug-level log lines (true or false).
     #[arg(long, env = "RFO_LOG_KEYS", default_value = "false")]
     pub log_keys: String,
@@ -116,6 +128,7 @@ pub struct Settings {
     pub consumer_group: String,
     pub metrics_listen: SocketAddr,
     pub s3_force_path_style: bool,
+    pub s3_encryption: Encryption,
     pub detector: String,
     pub log_keys: bool,
     pub migrate: bool,
@@ -129,6 +142,7 @@ pub struct Settings {
     pub batch_size: usize,
     pub batch_linger_ms: u64,
     pub shutdown_timeout_s: u64,
+    pub msk_iam: bool,
     pub kafka: BTreeMap<String, String>,
 }
 
@@ -178,6 +192,9 @@ impl Args {
                 "limits must be above zero",
             ));
         }
+        let msk_iam = parse_bool("RFO_MSK_IAM", &self.msk_iam)?;
+        let mut kafka = kafka_overrides(std::env::vars());
+        rfo_core::kafka::apply_msk_iam(&mut kafka, msk_iam)?;
         Ok(Settings {
             queue: QueueUrl::parse("RFO_QUEUE_URL", &self.queue_url)?,
             input: StorageUrl::parse("RFO_INPUT_URL", &self.input_url)?,
@@ -186,6 +203,7 @@ impl Args {
             consumer_group: self.consumer_group.clone(),
             metrics_listen,
             s3_force_path_style: parse_bool("RFO_S3_FORCE_PATH_STYLE", &self.s3_force_path_style)?,
+            s3_encryption: Encryption::from_settings(&self.s3_sse, &self.s3_sse_kms_key_id)?,
             detector: self.detector.clone(),
             log_keys: parse_bool("RFO_LOG_KEYS", &self.log_keys)?,
             migrate: parse_bool("RFO_MIGRATE", &self.migrate)?,
@@ -203,7 +221,51 @@ impl Args {
             batch_size: positive("RFO_BATCH_SIZE", self.batch_size, 10_000)?,
             batch_linger_ms: self.batch_linger_ms,
             shutdown_timeout_s: self.shutdown_timeout_s,
-            kafka: kafka_overrides(std::env::vars()),
+            msk_iam,
+            kafka,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(flags: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["rfo-worker"];
+        argv.extend_from_slice(flags);
+        Args::try_parse_from(argv).expect("flags parse").validate()
+    }
+
+    #[test]
+    fn sse_flags_select_encryption() {
+        let settings = validate(&["--s3-sse", "AES256"]).unwrap();
+        assert_eq!(settings.s3_encryption, Encryption::S3Managed);
+        let settings = validate(&[
+            "--s3-sse",
+            "aws:kms",
+            "--s3-sse-kms-key-id",
+            "alias/rfo-overlays",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.s3_encryption,
+            Encryption::Kms(Some("alias/rfo-overlays".to_owned()))
+        );
+    }
+
+    #[test]
+    fn invalid_sse_flag_named() {
+        let error = validate(&["--s3-sse", "aes-256"]).unwrap_err().to_string();
+        assert!(error.contains("RFO_S3_SSE=\"aes-256\""), "{error}");
+        assert!(error.contains("AES256"), "{error}");
+    }
+
+    #[test]
+    fn msk_iam_flag_sets_sasl() {
+        let settings = validate(&["--msk-iam", "true"]).unwrap();
+        assert!(settings.msk_iam);
+        assert_eq!(settings.kafka["sasl.mechanism"], "OAUTHBEARER");
+        assert_eq!(settings.kafka["security.protocol"], "SASL_SSL");
     }
 }

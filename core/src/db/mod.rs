@@ -4,6 +4,7 @@
 //! Both backends keep the same precedence: a `done` row keeps its first result, any other
 //! row takes the newest one, and `attempts` only grows.
 
+mod audit;
 mod postgres;
 pub(crate) mod sqlite;
 
@@ -16,6 +17,7 @@ use crate::config::DatabaseUrl;
 use crate::error::ErrorCode;
 use crate::record::{BoundingBox, BoxCoordinates, ErrorBody, JobResult, JobStatus, JobView};
 
+pub use audit::{ANONYMOUS, AuditAction, AuditEntry};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -154,6 +156,14 @@ impl JobStore {
         match self {
             JobStore::Postgres(store) => store.recent(limit).await,
             JobStore::Sqlite(store) => store.recent(limit).await,
+        }
+    }
+
+    /// Appends one row to the append-only `audit_log` table.
+    pub async fn append_audit(&self, entry: &AuditEntry) -> Result<(), DbError> {
+        match self {
+            JobStore::Postgres(store) => store.append_audit(entry).await,
+            JobStore::Sqlite(store) => store.append_audit(entry).await,
         }
     }
 }

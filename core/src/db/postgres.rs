@@ -5,7 +5,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, FromRow};
 use uuid::Uuid;
 
-use super::{DbError, PoolSettings, ResultRow, SELECT_COLUMNS, StoredJob, UnpublishedJob};
+use super::{
+    AuditEntry, DbError, PoolSettings, ResultRow, SELECT_COLUMNS, StoredJob, UnpublishedJob,
+};
 use crate::error::ErrorCode;
 use crate::record::{BoundingBox, JobView};
 
@@ -78,6 +80,22 @@ impl PgStore {
         .bind(image_key)
         .bind(input_etag)
         .bind(created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn append_audit(&self, entry: &AuditEntry) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO audit_log (recorded_at, actor, action, job_ids, status, remote_addr) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(entry.recorded_at)
+        .bind(&entry.actor)
+        .bind(entry.action.as_str())
+        .bind(&entry.job_ids)
+        .bind(i32::from(entry.status))
+        .bind(&entry.remote_addr)
         .execute(&self.pool)
         .await?;
         Ok(())

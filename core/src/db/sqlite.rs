@@ -13,7 +13,9 @@ use sqlx::sqlite::{
 };
 use uuid::Uuid;
 
-use super::{DbError, PoolSettings, ResultRow, SELECT_COLUMNS, StoredJob, UnpublishedJob};
+use super::{
+    AuditEntry, DbError, PoolSettings, ResultRow, SELECT_COLUMNS, StoredJob, UnpublishedJob,
+};
 use crate::error::ErrorCode;
 use crate::job::format_timestamp;
 use crate::record::JobView;
@@ -94,6 +96,23 @@ impl SqliteStore {
         .bind(image_key)
         .bind(input_etag)
         .bind(format_timestamp(&created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn append_audit(&self, entry: &AuditEntry) -> Result<(), DbError> {
+        let job_ids: Vec<String> = entry.job_ids.iter().map(Uuid::to_string).collect();
+        sqlx::query(
+            "INSERT INTO audit_log (recorded_at, actor, action, job_ids, status, remote_addr) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(format_timestamp(&entry.recorded_at))
+        .bind(&entry.actor)
+        .bind(entry.action.as_str())
+        .bind(json!(job_ids).to_string())
+        .bind(i64::from(entry.status))
+        .bind(&entry.remote_addr)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -14,6 +14,7 @@ pub use embedded::{DEFAULT_LEASE, EmbeddedQueue, LeasedRecord};
 
 use crate::config::QueueUrl;
 use crate::job::JobMessage;
+use crate::kafka::KafkaContext;
 
 /// Failure of a queue call. Every variant is transient.
 #[derive(Debug, thiserror::Error)]
@@ -33,18 +34,20 @@ pub enum Publisher {
 
 impl Publisher {
     /// Opens the queue named by `url`. `timeout` bounds how long one publish may wait for the
-    /// broker's acknowledgement; `kafka` holds extra librdkafka settings.
+    /// broker's acknowledgement; `kafka` holds extra librdkafka settings, and `context` makes
+    /// MSK IAM tokens when those ask for OAUTHBEARER.
     pub async fn open(
         url: &QueueUrl,
         timeout: Duration,
         kafka: &BTreeMap<String, String>,
+        context: KafkaContext,
     ) -> Result<Publisher, QueueError> {
         match url {
             QueueUrl::Kafka { brokers, topic } => {
                 let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-                let producer: FutureProducer =
+                let producer: FutureProducer<KafkaContext> =
                     crate::kafka::producer_config(brokers, timeout_ms, kafka)
-                        .create()
+                        .create_with_context(context)
                         .map_err(|e| {
                             QueueError::Unavailable(format!(
                                 "failed to create the Kafka producer: {e}"
@@ -89,7 +92,7 @@ impl Publisher {
 /// A producer that waits for every in-sync replica.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
     topic: String,
     timeout: Duration,
 }

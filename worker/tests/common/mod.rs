@@ -226,11 +226,12 @@ impl Process {
     pub fn spawn(name: &str, envs: &[(&str, String)], log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).expect("create log file");
         let mut command = Command::new(binary(name));
-        command.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
+        // The test's own RUST_LOG, or `info`, unless `envs` sets one.
         command.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         );
+        command.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
         let child = command
             .stdout(file.try_clone().expect("clone log file"))
             .stderr(file)
