@@ -67,7 +67,7 @@ async fn invalid_records_go_to_dead_letters() {
             .unwrap_or_else(|(error, _)| panic!("produce {key}: {error}"));
     }
 
-    let deployment =
+    let mut deployment =
         Deployment::start_with_env("invalid_records_go_to_dead_letters", topic, vec![]).await;
     let key = format!("dead-letters-{}/valid.png", Uuid::now_v7().simple());
     deployment
