@@ -115,7 +115,10 @@ async fn invalid_records_go_to_dead_letters() {
     // Every record of the job topic, valid or not, is committed.
     let end = invalid.len() as i64 + 1;
     let committed = wait_for_commit(&deployment, end).await;
-    assert_eq!(committed, end, "the group committed past every record");
+    assert!(
+        committed >= end,
+        "the group committed {committed}, not past every record (offset {end})"
+    );
     assert!(
         deployment.workers[0].child.try_wait().unwrap().is_none(),
         "the worker is still running"
