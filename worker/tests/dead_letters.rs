@@ -67,7 +67,7 @@ async fn invalid_records_go_to_dead_letters() {
             .unwrap_or_else(|(error, _)| panic!("produce {key}: {error}"));
     }
 
-    let deployment =
+    let mut deployment =
         Deployment::start_with_env("invalid_records_go_to_dead_letters", topic, vec![]).await;
     let key = format!("dead-letters-{}/valid.png", Uuid::now_v7().simple());
     deployment
@@ -115,7 +115,10 @@ async fn invalid_records_go_to_dead_letters() {
     // Every record of the job topic, valid or not, is committed.
     let end = invalid.len() as i64 + 1;
     let committed = wait_for_commit(&deployment, end).await;
-    assert_eq!(committed, end, "the group committed past every record");
+    assert!(
+        committed >= end,
+        "the group committed {committed}, not past every record (offset {end})"
+    );
     assert!(
         deployment.workers[0].child.try_wait().unwrap().is_none(),
         "the worker is still running"

@@ -442,6 +442,9 @@ pub fn api_env(stack: &Stack, topic: &str, port: u16) -> Vec<(&'static str, Stri
     let mut envs = base_env(stack, topic);
     envs.push(("RFO_LISTEN", format!("127.0.0.1:{port}")));
     envs.push(("RFO_AUTH", "off".to_owned()));
+    // Every test shares one database, and an API publishes unacknowledged jobs of any test to
+    // its own topic, so only the test of that sweep lowers this age.
+    envs.push(("RFO_REPUBLISH_AFTER_S", "86399".to_owned()));
     envs
 }
 
