@@ -4,10 +4,11 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::Directive;
 
 /// Targets whose debug and trace events can contain an image key, and so are capped at `info`
-/// unless keys may be logged. The AWS SDK's orchestrator logs the endpoint parameters of each
-/// S3 request, which include the object key, at debug level (aws-smithy-runtime 1.16), and its
-/// signer logs the canonical request, which includes the path, at trace level (aws-sigv4 1.6).
-const KEY_BEARING_TARGETS: [&str; 2] = ["aws_smithy_runtime", "aws_sigv4"];
+/// unless keys may be logged. The AWS SDK logs the endpoint parameters of each S3 request,
+/// which include the object key, at debug level (aws-smithy-runtime 1.16 and aws-sdk-s3 1.157),
+/// and its signer logs the canonical request, which includes the path, at trace level
+/// (aws-sigv4 1.6).
+const KEY_BEARING_TARGETS: [&str; 3] = ["aws_smithy_runtime", "aws_sdk_s3", "aws_sigv4"];
 
 /// Installs the global subscriber. Text lines carry values as `key=value` fields.
 pub fn init() {

@@ -65,7 +65,7 @@ async fn publish_raw(stack: &Stack, topic: &str, value: String) {
         .expect("publish a raw record");
 }
 
-/// Reads the dead-letter topic until it holds `expected` records; returns every header as
+/// Reads the dead-letter topic until it contains `expected` records; returns every header as
 /// `name=value`.
 fn dead_letter_headers(stack: &Stack, topic: &str, expected: usize) -> Vec<String> {
     let consumer: BaseConsumer = ClientConfig::new()
