@@ -46,6 +46,9 @@ struct JobRow {
     attempts: i64,
 }
 
+/// Columns of [`JobRow`] as a query returns them, with `boxes` as JSON or as JSON text.
+type RowColumns<Boxes> = (String, String, Option<i64>, Option<i64>, Boxes, i64);
+
 /// An API and any number of workers on one backend set.
 struct Deployment {
     backends: Backends,
@@ -195,12 +198,11 @@ impl Deployment {
                     "SELECT status, image_key, width::int8, height::int8, boxes, attempts::int8 \
                      FROM jobs WHERE {column}::text = $1"
                 );
-                let rows: Vec<(String, String, Option<i64>, Option<i64>, Value, i64)> =
-                    sqlx::query_as(&sql)
-                        .bind(value)
-                        .fetch_all(&db)
-                        .await
-                        .unwrap();
+                let rows: Vec<RowColumns<Value>> = sqlx::query_as(&sql)
+                    .bind(value)
+                    .fetch_all(&db)
+                    .await
+                    .unwrap();
                 db.close().await;
                 rows.into_iter().map(JobRow::from).collect()
             }
@@ -215,12 +217,11 @@ impl Deployment {
                     "SELECT status, image_key, width, height, boxes, attempts \
                      FROM jobs WHERE {column} = ?1"
                 );
-                let rows: Vec<(String, String, Option<i64>, Option<i64>, String, i64)> =
-                    sqlx::query_as(&sql)
-                        .bind(value)
-                        .fetch_all(&db)
-                        .await
-                        .unwrap();
+                let rows: Vec<RowColumns<String>> = sqlx::query_as(&sql)
+                    .bind(value)
+                    .fetch_all(&db)
+                    .await
+                    .unwrap();
                 db.close().await;
                 rows.into_iter()
                     .map(|(s, k, w, h, boxes, a)| {
@@ -355,8 +356,8 @@ impl Drop for Deployment {
     }
 }
 
-impl From<(String, String, Option<i64>, Option<i64>, Value, i64)> for JobRow {
-    fn from(row: (String, String, Option<i64>, Option<i64>, Value, i64)) -> JobRow {
+impl From<RowColumns<Value>> for JobRow {
+    fn from(row: RowColumns<Value>) -> JobRow {
         JobRow {
             status: row.0,
             image_key: row.1,
