@@ -43,9 +43,10 @@ use crate::telemetry::{Gauges, STATISTICS_INTERVAL_MS};
 use crate::upload::{UploadSettings, Uploader};
 
 /// Attempts per job of a download or an upload before the job fails as `storage_unavailable`.
-// TODO: an S3 outage longer than these attempts (about 12 s with the SDK's own retries, in one
-// measured run) fails the jobs in flight, where an outage of the whole backend should pause the worker instead.
-const STORAGE_ATTEMPTS: u32 = 5;
+/// The backoff below (0.2 s doubling to 5 s, with jitter down to half) waits at least 28 s over
+/// these attempts, so an S3 outage of that length stalls the jobs in flight instead of failing
+/// them.
+const STORAGE_ATTEMPTS: u32 = 16;
 
 /// Runs the pipeline until `shutdown` turns true and the stages have drained.
 pub async fn run(

@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::util::Timeout;
 use rfo_core::config::QueueUrl;
 use rfo_core::job::JobMessage;
+use rfo_core::kafka::KafkaContext;
 use rfo_core::queue::Publisher;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -281,9 +282,14 @@ impl Deployment {
     /// before it acknowledged the record.
     async fn publish_again(&self, message: &JobMessage) {
         let url = QueueUrl::parse("RFO_QUEUE_URL", &queue_url(&self.backends)).unwrap();
-        let publisher = Publisher::open(&url, Duration::from_secs(10), &BTreeMap::new())
-            .await
-            .expect("open the queue");
+        let publisher = Publisher::open(
+            &url,
+            Duration::from_secs(10),
+            &BTreeMap::new(),
+            KafkaContext::default(),
+        )
+        .await
+        .expect("open the queue");
         publisher
             .publish(message)
             .await

@@ -637,7 +637,6 @@ async fn postgres_restart_mid_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "the storage retry budget (about 12 s) is shorter than the outage, so jobs in flight fail; see the TODO at STORAGE_ATTEMPTS"]
 async fn s3_stopped_for_15_seconds() {
     let _serial = SERIAL.lock().await;
     let mut run = Run::start("s3_stopped_for_15_seconds").await;
