@@ -159,9 +159,10 @@ impl Authenticator {
     }
 
     /// Returns the name of the token that grants the request its route, for the audit log,
-    /// or the 401 or 403 response for a request that may not proceed. The name is
-    /// [`ANONYMOUS`] when authentication is off or the route is open.
-    pub fn check<B>(&self, request: &Request<B>) -> Result<String, Response<Full<Bytes>>> {
+    /// or the reason a request may not proceed, which [`Rejection::response`] turns into its
+    /// 401 or 403 response. The name is [`ANONYMOUS`] when authentication is off or the route
+    /// is open.
+    pub fn check<B>(&self, request: &Request<B>) -> Result<String, Rejection> {
         let Some(tokens) = self.tokens.as_ref() else {
             return Ok(ANONYMOUS.to_owned());
         };
@@ -169,19 +170,15 @@ impl Authenticator {
         if access == Access::Open {
             return Ok(ANONYMOUS.to_owned());
         }
-        let presented = match bearer_token(request.headers()) {
-            Ok(token) => token,
-            Err(rejection) => return Err(rejection.response()),
-        };
+        let presented = bearer_token(request.headers())?;
         let Some(entry) = find_token(tokens, presented) else {
-            return Err(Rejection::UnknownToken.response());
+            return Err(Rejection::UnknownToken);
         };
         match access {
             Access::Scope(scope) if !entry.has(scope) => Err(Rejection::InsufficientScope {
                 token: entry.name.clone(),
                 scope,
-            }
-            .response()),
+            }),
             _ => {
                 tracing::debug!(token = %entry.name, "request authenticated");
                 Ok(entry.name.clone())
@@ -204,7 +201,8 @@ fn find_token<'a>(tokens: &'a [TokenEntry], presented: &str) -> Option<&'a Token
 }
 
 /// Reason a request is rejected.
-enum Rejection {
+#[derive(Debug)]
+pub enum Rejection {
     MissingToken,
     MalformedHeader,
     UnknownToken,
@@ -212,7 +210,8 @@ enum Rejection {
 }
 
 impl Rejection {
-    fn response(self) -> Response<Full<Bytes>> {
+    /// Builds the 401 or 403 response, with its `WWW-Authenticate` challenge.
+    pub fn response(self) -> Response<Full<Bytes>> {
         let (status, code, message, challenge) = match self {
             Rejection::MissingToken => (
                 StatusCode::UNAUTHORIZED,
@@ -511,7 +510,7 @@ mod tests {
         }
         let request = request.body(()).unwrap();
         auth.check(&request)
-            .map_or_else(|r| r.status().as_u16(), |_| 200)
+            .map_or_else(|r| r.response().status().as_u16(), |_| 200)
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub async fn handle(
 ) -> Result<HttpResponse, Infallible> {
     let actor = match auth.check(&request) {
         Ok(actor) => actor,
-        Err(rejection) => return Ok(rejection),
+        Err(rejection) => return Ok(rejection.response()),
     };
     let started = std::time::Instant::now();
     let method = request.method().clone();
