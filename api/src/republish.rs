@@ -100,7 +100,8 @@ pub async fn sweep(
     Ok(outcome)
 }
 
-/// The time `age` before `now`, or the earliest time chrono represents when that is earlier.
+/// Returns the time `age` before `now`, or the earliest time chrono represents when that is
+/// earlier.
 fn cutoff(now: DateTime<Utc>, age: Duration) -> DateTime<Utc> {
     chrono::TimeDelta::from_std(age)
         .ok()

@@ -81,10 +81,10 @@ impl AppState {
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Routes one request from `peer`. Never fails: every error becomes a JSON response.
-/// Submits and reads of jobs are recorded in the audit log first; when that record cannot be
-/// written, a read is answered 503 instead, and a submit keeps its response, because its job
-/// is queued already.
+/// Routes one request from `peer`. Every error becomes a JSON response, so this returns no
+/// error. Submits and reads of jobs are recorded in the audit log first. When that record
+/// cannot be written, a read gets 503 instead, but a submit keeps its response because its
+/// job is queued already.
 pub async fn handle(
     state: Arc<AppState>,
     auth: Arc<Authenticator>,
@@ -207,7 +207,7 @@ async fn submit(state: &AppState, request: Request<Incoming>) -> (HttpResponse, 
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             // The unread rest of the body makes the server close the connection, so the
-            // response says so and a client does not reuse it.
+            // response carries `Connection: close` and a client does not reuse it.
             let mut response = error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

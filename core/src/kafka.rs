@@ -31,7 +31,7 @@ impl KafkaContext {
         Ok(KafkaContext { msk_iam })
     }
 
-    /// Makes an OAUTHBEARER token for librdkafka, which calls this when a broker asks for SASL
+    /// Makes an OAUTHBEARER token for librdkafka, which calls this when a broker requests SASL
     /// login and again before the token expires.
     pub fn oauth_token(&self) -> Result<OAuthToken, Box<dyn Error>> {
         let Some(provider) = &self.msk_iam else {

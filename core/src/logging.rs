@@ -28,8 +28,8 @@ pub fn init() {
 }
 
 /// Returns whether `--log-keys` or `RFO_LOG_KEYS` (the flag wins) turns key logging on. The
-/// subscriber is installed before the settings are validated, so this reads them itself; an
-/// invalid value counts as off and is rejected later by the settings.
+/// subscriber is installed before the settings are validated, so this reads them itself. An
+/// invalid value counts as off here, and the settings reject it later.
 fn log_keys_requested(args: impl Iterator<Item = String>, env: Option<String>) -> bool {
     let args: Vec<String> = args.collect();
     let mut flag = None;

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Environment variable that holds the rules.
+/// Environment variable that contains the rules.
 pub const ENV: &str = "RFO_FAILPOINTS";
 
 /// A place in the pipeline where a rule can act.

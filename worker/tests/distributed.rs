@@ -22,7 +22,7 @@ async fn submit_answers_503_when_queue_is_down() {
         .await;
     let port = common::pick_port();
     let mut envs = common::api_env(&stack, "rfo-unreachable", port);
-    // A port nothing listens on stands in for a broker that is down.
+    // A port nothing listens on plays the part of a broker that is down.
     let dead = common::pick_port();
     envs.retain(|(k, _)| *k != "RFO_QUEUE_URL");
     envs.push((

@@ -623,8 +623,8 @@ async fn postgres_restart_mid_run() {
     run.wait_done(total, RUN_WAIT).await;
     run.verify().await;
     let log = run.log(worker);
-    // A restart shorter than the pool's acquire timeout may fail no batch, but the pool always
-    // sees its connections terminated.
+    // A restart shorter than the pool's acquire timeout may fail no batch, but the pool's
+    // connections are always terminated by it.
     assert!(
         log.contains("database write failed; retrying the batch")
             || log.contains("terminating connection due to administrator command"),

@@ -34,7 +34,7 @@ fn tricky_keys() -> Vec<String> {
     .collect()
 }
 
-/// A grayscale PNG of the given size.
+/// Encodes a grayscale PNG of the given size.
 fn small_png(width: u32, height: u32) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut encoder = png::Encoder::new(&mut bytes, width, height);

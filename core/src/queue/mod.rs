@@ -34,7 +34,7 @@ pub enum Publisher {
 
 impl Publisher {
     /// Opens the queue named by `url`. `timeout` bounds how long one publish may wait for the
-    /// broker's acknowledgement; `kafka` holds extra librdkafka settings, and `context` makes
+    /// broker's acknowledgement; `kafka` contains extra librdkafka settings, and `context` makes
     /// MSK IAM tokens when those ask for OAUTHBEARER.
     pub async fn open(
         url: &QueueUrl,
