@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Deployment, WAIT, sample_pngs};
+use common::{Deployment, WAIT};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -69,14 +69,7 @@ async fn invalid_records_go_to_dead_letters() {
 
     let mut deployment =
         Deployment::start_with_env("invalid_records_go_to_dead_letters", topic, vec![]).await;
-    let key = format!("dead-letters-{}/valid.png", Uuid::now_v7().simple());
-    deployment
-        .stack
-        .put_input(&key, std::fs::read(&sample_pngs()[0]).unwrap())
-        .await;
-    let (status, body) = deployment.submit(&key).await;
-    assert_eq!(status, 202, "{body}");
-    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    let (_, job_id) = deployment.submit_sample("dead-letters").await;
     let job = deployment.wait_for(&job_id, &["done", "failed"]).await;
     assert_eq!(
         job["status"], "done",

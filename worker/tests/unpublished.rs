@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::{Deployment, sample_pngs};
+use common::Deployment;
 use uuid::Uuid;
 
 /// Inserts a queued row with no publish time, as rfo-api leaves one when it stops between
@@ -48,16 +48,8 @@ async fn unpublished_jobs_are_swept() {
         ],
     )
     .await;
-    let key = format!("unpublished-{}/image.png", Uuid::now_v7().simple());
-    deployment
-        .stack
-        .put_input(&key, std::fs::read(&sample_pngs()[0]).unwrap())
-        .await;
-
     // A job the queue took is recorded as published at once.
-    let (status, body) = deployment.submit(&key).await;
-    assert_eq!(status, 202, "{body}");
-    let submitted = body["job_id"].as_str().unwrap().to_owned();
+    let (key, submitted) = deployment.submit_sample("unpublished").await;
     let db = deployment.stack.db().await;
     assert!(
         published_at(&db, &submitted).await.is_some(),

@@ -371,6 +371,19 @@ impl Deployment {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Uploads the first sample radiograph under a fresh key below `prefix`, submits it and
+    /// returns the key and the job id.
+    pub async fn submit_sample(&self, prefix: &str) -> (String, String) {
+        let key = format!("{prefix}-{}/image.png", Uuid::now_v7().simple());
+        self.stack
+            .put_input(&key, std::fs::read(&sample_pngs()[0]).unwrap())
+            .await;
+        let (status, body) = self.submit(&key).await;
+        assert_eq!(status, 202, "{body}");
+        let job_id = body["job_id"].as_str().unwrap().to_owned();
+        (key, job_id)
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
