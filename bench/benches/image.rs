@@ -14,12 +14,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rfo_worker::decode::{DecodeLimits, Decoder, GrayImage, decode_png, decode_png_with};
-use rfo_worker::detect::{Detector, ExposureDetector, RandomDetector};
-use rfo_worker::overlay::{EncodeSettings, draw_overlay, encode_indexed, render_preview};
-use rfo_worker::process::PREVIEW_MAX_SIDE;
-use rfo_worker::resize::{fit_within, resize_gray8};
-use rfo_worker::window::to_display_8bit;
+use rfo_image::decode::{DecodeLimits, Decoder, GrayImage, decode_png, decode_png_with};
+use rfo_image::detect::{Detector, ExposureDetector, RandomDetector};
+use rfo_image::overlay::{
+    EncodeSettings, PREVIEW_MAX_SIDE, draw_overlay, encode_indexed, render_preview,
+};
+use rfo_image::resize::{fit_within, resize_gray8};
+use rfo_image::window::to_display_8bit;
 
 /// Noise seed of the synthetic inputs; the same as the ceiling's and the load harness's.
 const SYNTH_SEED: u64 = 1;
@@ -52,7 +53,7 @@ fn inputs() -> Vec<Input> {
     let paths = rfo_bench::image_set(2, SYNTH_SEED).expect("generate the synthetic radiographs");
     for path in paths {
         let bytes = std::fs::read(&path).expect("read a synthetic radiograph");
-        let header = rfo_worker::decode::read_header(&bytes, &DecodeLimits::default())
+        let header = rfo_image::decode::read_header(&bytes, &DecodeLimits::default())
             .expect("synthetic radiographs have a valid header");
         inputs.push(Input {
             name: format!("synth-{}x{}", header.width, header.height),

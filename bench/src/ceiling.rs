@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use rayon::prelude::*;
-use rfo_worker::decode::DecodeLimits;
-use rfo_worker::detect::RandomDetector;
-use rfo_worker::overlay::EncodeSettings;
+use rfo_image::decode::DecodeLimits;
+use rfo_image::detect::RandomDetector;
+use rfo_image::overlay::EncodeSettings;
 use rfo_worker::process::Processor;
 use rfo_worker::stage::StageTimings;
 

@@ -9,7 +9,7 @@ pub mod stack;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rfo_worker::synth;
+use rfo_image::synth;
 
 /// Returns the folder of sample PNGs: `RFO_SAMPLES_DIR`, or else `shared/samples/png` in the
 /// workspace or one of its parent folders. `None` when neither exists.
@@ -84,10 +84,10 @@ pub fn read_samples() -> anyhow::Result<Vec<Sample>> {
 /// their shorter side, so that upscaling to 4096 pixels keeps some detail. Empty when there
 /// are no samples, and the set is then drawn from scratch.
 pub fn synth_sources(samples: &[Sample]) -> anyhow::Result<Vec<Vec<u8>>> {
-    let limits = rfo_worker::decode::DecodeLimits::default();
+    let limits = rfo_image::decode::DecodeLimits::default();
     let mut sources = Vec::new();
     for sample in samples {
-        let header = rfo_worker::decode::read_header(&sample.bytes, &limits)
+        let header = rfo_image::decode::read_header(&sample.bytes, &limits)
             .with_context(|| format!("invalid sample {}", sample.name))?;
         if header.width.min(header.height) >= 1024 {
             sources.push(sample.bytes.clone());

@@ -7,16 +7,7 @@ use uuid::Uuid;
 use crate::error::{ErrorCode, JobError};
 use crate::job::timestamp;
 
-/// A detection in full-resolution pixels. `x2` and `y2` are exclusive.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BoundingBox {
-    pub x1: u32,
-    pub y1: u32,
-    pub x2: u32,
-    pub y2: u32,
-    pub label: String,
-    pub score: f32,
-}
+pub use rfo_image::detect::BoundingBox;
 
 /// Status of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

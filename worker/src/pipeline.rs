@@ -28,19 +28,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::acknowledge::Acknowledger;
-use crate::decode::DecodeLimits;
-use crate::detect::{Detector, ExposureDetector, RandomDetector};
 use crate::download::{DownloadSettings, Downloader};
 use crate::insert::{InsertSettings, Inserter};
 use crate::kafka_source::{DeadLetters, JobConsumer, WorkerContext};
 use crate::offsets::OffsetTracker;
-use crate::overlay::EncodeSettings;
 use crate::process::Processor;
 use crate::retry::Backoff;
 use crate::settings::Settings;
 use crate::stage::Delivery;
 use crate::telemetry::{Gauges, STATISTICS_INTERVAL_MS};
 use crate::upload::{UploadSettings, Uploader};
+use rfo_image::decode::DecodeLimits;
+use rfo_image::detect::{Detector, ExposureDetector, RandomDetector};
+use rfo_image::overlay::EncodeSettings;
 
 /// Attempts per job of a download or an upload before the job fails as `storage_unavailable`.
 /// The backoff below (0.2 s doubling to 5 s, with jitter down to half) waits at least 28 s over

@@ -11,14 +11,10 @@ use std::time::Instant;
 use rfo_core::{ErrorCode, JobError};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::decode::{DecodeLimits, decode_png};
-use crate::detect::Detector;
-use crate::overlay::{EncodeSettings, render_overlay, render_preview};
-use crate::stage::{Downloaded, Processed, Rendered, StageTimings, elapsed_ms};
-use crate::window::to_display_8bit;
-
-/// Longest side of the preview written beside each overlay, in pixels.
-pub const PREVIEW_MAX_SIDE: u32 = 256;
+use crate::stage::{Downloaded, Processed, StageTimings, elapsed_ms};
+use rfo_image::decode::{DecodeLimits, decode_png};
+use rfo_image::detect::Detector;
+use rfo_image::overlay::{EncodeSettings, Rendered, render};
 
 pub struct Processor {
     pub pool: rayon::ThreadPool,
@@ -121,30 +117,16 @@ impl Processor {
             .record(started.elapsed().as_secs_f64());
 
         let started = Instant::now();
-        let display = to_display_8bit(&image);
-        let boxes = self.detector.detect(&image, &display, seed);
-        let (width, height) = (image.width, image.height);
-        drop(image);
-        let internal = |e: crate::overlay::OverlayError| {
+        let rendered = render(image, self.detector.as_ref(), seed, &self.encode).map_err(|e| {
             JobError::new(
                 ErrorCode::Internal,
                 format!("encoding the overlay failed: {e}"),
             )
-        };
-        let overlay =
-            render_overlay(width, height, &display, &boxes, &self.encode).map_err(internal)?;
-        let preview =
-            render_preview(width, height, &display, &boxes, PREVIEW_MAX_SIDE).map_err(internal)?;
+        })?;
         timings.render_ms = elapsed_ms(started);
         metrics::histogram!("rfo_stage_duration_seconds", "stage" => "render")
             .record(started.elapsed().as_secs_f64());
-        Ok(Rendered {
-            overlay,
-            preview,
-            boxes,
-            width,
-            height,
-        })
+        Ok(rendered)
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 use rfo_core::JobError;
 use rfo_core::JobMessage;
 use rfo_core::record::BoundingBox;
+use rfo_image::overlay::Rendered;
 
 /// What the queue needs back to acknowledge a delivery once its result is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,15 +40,6 @@ pub struct Downloaded {
     pub attempts: u32,
     pub timings: StageTimings,
     pub bytes: Result<Vec<u8>, JobError>,
-}
-
-/// The encoded images of a successful job.
-pub struct Rendered {
-    pub overlay: Vec<u8>,
-    pub preview: Vec<u8>,
-    pub boxes: Vec<BoundingBox>,
-    pub width: u32,
-    pub height: u32,
 }
 
 /// Output of the CPU stage.

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::settings::{BatchArgs, Settings};
-use crate::synth;
+use rfo_image::synth;
 
 /// Width and height of the synthetic radiographs `batch` generates when given no folder.
 /// Smaller than the benchmark's images, so that a first run finishes in seconds.

@@ -32,6 +32,9 @@ use uuid::Uuid;
 /// most 20 jobs a second.
 const PACE_MS: u64 = 100;
 const DOWNLOAD_CONCURRENCY: &str = "2";
+/// Stall of the downloads held across SIGTERM with the broker down: longer than stopping the
+/// broker takes, and shorter than the worker's default shutdown timeout of 30 s.
+const STALL_MS: u64 = 20_000;
 /// Maximum wait for a whole run to finish, faults included. It is generous, for loaded machines.
 const RUN_WAIT: Duration = Duration::from_secs(420);
 
@@ -288,6 +291,34 @@ impl Run {
         }
     }
 
+    /// Waits until the log of `worker` has a line that `matches`, and returns it without
+    /// colors.
+    async fn wait_log_line(&self, worker: usize, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + common::WAIT;
+        loop {
+            if let Some(line) = self.log(worker).lines().map(plain).find(|l| matches(l)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching line in the log of worker {worker} within {:?}",
+                common::WAIT
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Returns the status of one job's row.
+    async fn status(&self, job_id: &str) -> String {
+        let (status,): (String,) =
+            sqlx::query_as("SELECT status FROM jobs WHERE job_id = $1::uuid")
+                .bind(job_id)
+                .fetch_one(&self.db)
+                .await
+                .unwrap();
+        status
+    }
+
     /// Waits until `worker` exits, and returns its exit status.
     async fn wait_exit(&mut self, worker: usize, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
@@ -515,13 +546,9 @@ async fn sigkill_at_random_moments() {
         .get_output(&format!("overlays/{job_id}.png"))
         .await;
     assert!(overlay.is_some(), "the killed job's overlay was uploaded");
-    let (status,): (String,) = sqlx::query_as("SELECT status FROM jobs WHERE job_id = $1::uuid")
-        .bind(job_id)
-        .fetch_one(&run.db)
-        .await
-        .unwrap();
     assert_eq!(
-        status, "queued",
+        run.status(job_id).await,
+        "queued",
         "the killed job's row was not written before the kill"
     );
 
@@ -536,16 +563,23 @@ async fn sigkill_at_random_moments() {
 
     // Then SIGKILL at random moments while jobs are in every stage.
     let kills = if long_runs() { 8 } else { 3 };
+    // Each one strikes at a random moment after the new worker has recorded its first job,
+    // so that it hits a worker with jobs in every stage rather than one still joining the
+    // group.
     for kill in 0..kills {
+        let before = run.done().await;
         let worker = run.add_worker("", &[]);
-        let delay = Duration::from_millis(random.range(2_000, 9_000));
+        run.wait_done(before + 1, common::WAIT).await;
+        let delay = Duration::from_millis(random.range(0, 3_000));
         tokio::time::sleep(delay).await;
         let done = run.done().await;
         run.kill(worker);
         println!(
-            "kill {} (random, {} ms after start): {done} of {total} jobs done",
+            "kill {} (random, {} ms after the worker's first recorded job): {} jobs recorded \
+             by the killed worker, {done} of {total} done",
             kill + 3,
-            delay.as_millis()
+            delay.as_millis(),
+            done - before
         );
     }
 
@@ -777,14 +811,42 @@ async fn sigterm_with_broker_down() {
     let mut run = Run::start("sigterm_with_broker_down").await;
     let total = job_count();
     run.submit_jobs(total).await;
-    let worker = run.add_worker("", &[]);
-    run.wait_done(total / 3, common::WAIT).await;
+    // Two downloads a third into the run stall long enough for the broker to be stopped
+    // around them, so the worker holds jobs when SIGTERM arrives.
+    let hit = total / 3;
+    let stall = format!("sleep({STALL_MS})");
+    let worker = run.add_worker(
+        &format!("download={stall}@{hit};download={stall}@{}", hit + 1),
+        &[],
+    );
+    let line = run
+        .wait_log_line(worker, |line| {
+            line.contains(&format!("sleep_ms={STALL_MS}"))
+        })
+        .await;
+    let job_id = field(&line, "job_id").expect("the failpoint line names the job");
+    println!("stalled download: {line}");
 
     let restore = Restore("kafka");
     stack_command("stop", "kafka");
-    let elapsed = terminate_mid_run(&mut run, worker).await;
+    assert_eq!(
+        run.status(job_id).await,
+        "queued",
+        "the stalled job is still in flight once the broker is down; stopping the broker took \
+         longer than the {STALL_MS} ms stall"
+    );
     let done = run.done().await;
-    println!("SIGTERM with the broker down: exit 0 after {elapsed:?}, {done} of {total} done");
+    let elapsed = terminate_mid_run(&mut run, worker).await;
+    let drained = run.done().await;
+    println!(
+        "SIGTERM with the broker down: exit 0 after {elapsed:?}; {done} of {total} done at \
+         SIGTERM, {drained} after exit"
+    );
+    assert_eq!(
+        run.status(job_id).await,
+        "done",
+        "the job in flight at SIGTERM was recorded before exit, with the broker down"
+    );
     stack_command("start", "kafka");
     drop(restore);
 

@@ -4,10 +4,11 @@
 //! The harness generates (or reuses) the synthetic radiographs, measures the ceiling and
 //! uploads the images to the input bucket. Then, for rfo and for the reference worker in
 //! turn, it creates a fresh topic, starts `rfo-api` and the worker, submits every image
-//! through `POST /submit`, and polls until every job is recorded. The last line is the
-//! summary that scripts parse.
+//! through `POST /submit`, and polls until every job is recorded. With `--embedded` it runs
+//! `rfo-worker batch` on the embedded backends instead, with no service. The last line is
+//! the summary that scripts parse.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -51,6 +52,12 @@ struct Args {
     /// Maximum wait for all jobs of one phase, in seconds.
     #[arg(long, default_value_t = 3600)]
     timeout_s: u64,
+    /// Run the pipeline on the embedded backends instead of the stack: `rfo-worker batch` on
+    /// the image set, through the same API handlers and stages, with the queue and the
+    /// database in SQLite files and the stores in folders of the run. Needs no service and
+    /// skips the reference worker, which needs the stack.
+    #[arg(long)]
+    embedded: bool,
 }
 
 /// The worker under test in one phase.
@@ -89,7 +96,6 @@ struct RunContext {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let stack = Stack::from_env()?;
     let run_id = uuid::Uuid::now_v7().simple().to_string()[..16].to_owned();
     let run_dir = workspace_dir().join("target/bench-runs").join(&run_id);
     std::fs::create_dir_all(&run_dir)
@@ -128,6 +134,14 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
+    if args.embedded {
+        let report = run_embedded(&run_dir, &paths)?;
+        println!("load average at end: {}", rfo_bench::load_average());
+        print_summary(&report, ceiling, None);
+        return Ok(());
+    }
+
+    let stack = Stack::from_env()?;
     let started = Instant::now();
     let keys = stack
         .upload_inputs(&paths, &format!("bench/{set_name}"), 4)
@@ -171,19 +185,25 @@ async fn main() -> anyhow::Result<()> {
     };
 
     println!("load average at end: {}", rfo_bench::load_average());
-    let peer_multiple = match &peer {
-        Some(peer) => {
-            println!("peer: jobs_per_s={:.3}", peer.jobs_per_s);
-            format!("{:.2}", rfo.jobs_per_s / peer.jobs_per_s)
-        }
-        None => "na".to_owned(),
-    };
     if rfo.failed > 0 || peer.as_ref().is_some_and(|peer| peer.failed > 0) {
         eprintln!(
             "some jobs failed; see the logs in {}",
             context.run_dir.display()
         );
     }
+    print_summary(&rfo, ceiling, peer.as_ref());
+    Ok(())
+}
+
+/// Prints the reference worker's rate, if it ran, and the machine-readable last line.
+fn print_summary(rfo: &PhaseReport, ceiling: f64, peer: Option<&PhaseReport>) {
+    let peer_multiple = match peer {
+        Some(peer) => {
+            println!("peer: jobs_per_s={:.3}", peer.jobs_per_s);
+            format!("{:.2}", rfo.jobs_per_s / peer.jobs_per_s)
+        }
+        None => "na".to_owned(),
+    };
     println!(
         "summary: jobs_per_s={:.3} ceiling_fraction={:.3} peer_multiple={peer_multiple} \
          peak_rss_mib={:.0}",
@@ -191,7 +211,93 @@ async fn main() -> anyhow::Result<()> {
         rfo.jobs_per_s / ceiling,
         rfo.peak_rss_kib as f64 / 1024.0
     );
-    Ok(())
+}
+
+/// Runs `rfo-worker batch` on the embedded backends over `paths`, linked into an input
+/// folder of the run, and prints its figures.
+fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport> {
+    let name = "embedded";
+    let dir = run_dir.join(name);
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input)
+        .with_context(|| format!("failed to create {}", input.display()))?;
+    for path in paths {
+        let link = input.join(path.file_name().context("an image path names a file")?);
+        // A hard link costs no copy; a copy serves where the run folder is on another disk.
+        std::fs::hard_link(path, &link)
+            .or_else(|_| std::fs::copy(path, &link).map(drop))
+            .with_context(|| {
+                format!("failed to link {} into {}", path.display(), input.display())
+            })?;
+    }
+    let envs = [
+        (
+            "RFO_QUEUE_URL",
+            format!("embedded://{}", dir.join("queue.db").display()),
+        ),
+        (
+            "RFO_DATABASE_URL",
+            format!("sqlite://{}", dir.join("rfo.db").display()),
+        ),
+        ("RFO_OUTPUT_URL", dir.join("output").display().to_string()),
+        ("RFO_METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
+        ("RUST_LOG", "info".to_owned()),
+        ("NO_COLOR", "1".to_owned()),
+    ]
+    .map(|(key, value)| (key.to_owned(), value));
+    println!(
+        "{name}: rfo-worker batch over {} images in {}",
+        paths.len(),
+        input.display()
+    );
+    let mut process = Process::spawn(
+        "rfo-worker batch",
+        &release_binary("rfo-worker"),
+        &["batch", &input.to_string_lossy()],
+        &envs,
+        run_dir.join("embedded-worker.log"),
+    )?;
+    // /proc has nothing once the process is gone, so memory and CPU are read until it exits.
+    let (mut peak_rss_kib, mut cpu_s) = (0, 0.0);
+    let status = loop {
+        let (_, high_water) = memory_kib(process.pid());
+        peak_rss_kib = peak_rss_kib.max(high_water);
+        cpu_s = process_cpu_s(process.pid()).max(cpu_s);
+        if let Some(status) = process.child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "rfo-worker batch exited with {status}; see {}",
+            process.log.display()
+        );
+    }
+    let summary = log
+        .lines()
+        .map(strip_ansi)
+        .find(|line| line.starts_with("jobs: "))
+        .with_context(|| format!("no summary line in {}", process.log.display()))?;
+    println!("{name}: {summary}");
+    let number_before = |marker: &str| -> Option<f64> {
+        let (head, _) = summary.split_once(marker)?;
+        head.rsplit([' ', '(']).next()?.parse().ok()
+    };
+    let jobs_per_s = number_before(" images/s").context("the summary line has no rate")?;
+    let failed = number_before(" failed").context("the summary line has no failed count")? as usize;
+    print_stage_percentiles(name, &log);
+    println!("{name}: worker CPU {cpu_s:.1} s");
+    println!(
+        "{name}: peak_rss_mib={:.0} (VmHWM)",
+        peak_rss_kib as f64 / 1024.0
+    );
+    Ok(PhaseReport {
+        failed,
+        jobs_per_s,
+        peak_rss_kib,
+    })
 }
 
 /// Runs one worker over `keys` on a fresh topic and prints its figures.

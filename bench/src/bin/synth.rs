@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use rayon::prelude::*;
-use rfo_worker::synth;
+use rfo_image::synth;
 
 /// Writes `img-0001.png`, `img-0002.png`, ... made from the sample radiographs (or drawn from
 /// scratch without samples or with --scratch), alternating 4096 x 4096 and 4000 x 5000.

@@ -1,5 +1,3 @@
-use std::time::{Duration, Instant};
-
 use super::*;
 use crate::test_support::{
     TestRng, chunk, ihdr, list_shared, peak_allocation, png_file, raw_image_data, read_shared, zlib,
@@ -199,14 +197,9 @@ fn case_p10_rejected_from_header() {
         "image_too_large"
     );
     for decoder in BOTH {
-        let started = Instant::now();
         let (result, peak) = peak_allocation(|| decode_png_with(decoder, &bytes, &limits));
         assert_eq!(error_code(result), "image_too_large", "{decoder:?}");
         assert!(peak < 4096, "{decoder:?} allocated {peak} bytes");
-        assert!(
-            started.elapsed() < Duration::from_millis(100),
-            "{decoder:?}"
-        );
     }
 }
 

@@ -6,8 +6,13 @@
 //! `round(v * 254 / 255)`. The PNG contains only IHDR, PLTE, IDAT and IEND: no text, time or
 //! EXIF chunk, since those can carry patient data.
 
-use crate::detect::BoundingBox;
+use crate::decode::GrayImage;
+use crate::detect::{BoundingBox, Detector};
 use crate::resize::{fit_within, resize_gray8, scale_box};
+use crate::window::to_display_8bit;
+
+/// Longest side of the preview written beside each overlay, in pixels.
+pub const PREVIEW_MAX_SIDE: u32 = 256;
 
 /// Palette index of the box outline.
 pub const BOX_INDEX: u8 = 255;
@@ -54,6 +59,41 @@ pub enum OverlayError {
     Encode(#[from] png::EncodingError),
     #[error("downscaling the preview failed: {0}")]
     Resize(String),
+}
+
+/// The encoded images of a successful job.
+#[derive(Debug)]
+pub struct Rendered {
+    pub overlay: Vec<u8>,
+    pub preview: Vec<u8>,
+    pub boxes: Vec<BoundingBox>,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Runs every step of a job after decoding: windows `image` to 8 bits, runs `detector`
+/// with `seed`, and encodes the overlay with `settings` and the preview.
+///
+/// Consumes the image so that its samples are freed as soon as the display copy exists.
+pub fn render(
+    image: GrayImage,
+    detector: &dyn Detector,
+    seed: u128,
+    settings: &EncodeSettings,
+) -> Result<Rendered, OverlayError> {
+    let display = to_display_8bit(&image);
+    let boxes = detector.detect(&image, &display, seed);
+    let (width, height) = (image.width, image.height);
+    drop(image);
+    let overlay = render_overlay(width, height, &display, &boxes, settings)?;
+    let preview = render_preview(width, height, &display, &boxes, PREVIEW_MAX_SIDE)?;
+    Ok(Rendered {
+        overlay,
+        preview,
+        boxes,
+        width,
+        height,
+    })
 }
 
 /// Returns the outline thickness for an image: 1/256 of its shorter side, at least 2 pixels.

@@ -3,7 +3,16 @@
 use crate::decode::GrayImage;
 use crate::resize::{fit_within, resize_gray8, scale_box};
 
-pub use rfo_core::record::BoundingBox;
+/// A detection in full-resolution pixels. `x2` and `y2` are exclusive.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BoundingBox {
+    pub x1: u32,
+    pub y1: u32,
+    pub x2: u32,
+    pub y2: u32,
+    pub label: String,
+    pub score: f32,
+}
 
 /// A detector that finds boxes in a decoded radiograph.
 ///
