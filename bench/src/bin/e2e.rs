@@ -83,6 +83,21 @@ struct PhaseReport {
     peak_rss_kib: u64,
 }
 
+impl PhaseReport {
+    /// Prints the peak RSS line of phase `name` and returns its report.
+    fn printed(name: &str, failed: usize, jobs_per_s: f64, peak_rss_kib: u64) -> PhaseReport {
+        println!(
+            "{name}: peak_rss_mib={:.0} (VmHWM)",
+            peak_rss_kib as f64 / 1024.0
+        );
+        PhaseReport {
+            failed,
+            jobs_per_s,
+            peak_rss_kib,
+        }
+    }
+}
+
 /// What one phase needs from the run.
 struct RunContext {
     stack: Stack,
@@ -230,6 +245,7 @@ fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport
                 format!("failed to link {} into {}", path.display(), input.display())
             })?;
     }
+
     let envs = [
         (
             "RFO_QUEUE_URL",
@@ -245,6 +261,7 @@ fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport
         ("NO_COLOR", "1".to_owned()),
     ]
     .map(|(key, value)| (key.to_owned(), value));
+
     println!(
         "{name}: rfo-worker batch over {} images in {}",
         paths.len(),
@@ -257,6 +274,7 @@ fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport
         &envs,
         run_dir.join("embedded-worker.log"),
     )?;
+
     // /proc has nothing once the process is gone, so memory and CPU are read until it exits.
     let (mut peak_rss_kib, mut cpu_s) = (0, 0.0);
     let status = loop {
@@ -268,6 +286,7 @@ fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+
     let log = std::fs::read_to_string(&process.log).unwrap_or_default();
     if !status.success() {
         bail!(
@@ -275,12 +294,14 @@ fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport
             process.log.display()
         );
     }
+
     let summary = log
         .lines()
         .map(strip_ansi)
         .find(|line| line.starts_with("jobs: "))
         .with_context(|| format!("no summary line in {}", process.log.display()))?;
     println!("{name}: {summary}");
+
     let number_before = |marker: &str| -> Option<f64> {
         let (head, _) = summary.split_once(marker)?;
         head.rsplit([' ', '(']).next()?.parse().ok()
@@ -289,15 +310,7 @@ fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport
     let failed = number_before(" failed").context("the summary line has no failed count")? as usize;
     print_stage_percentiles(name, &log);
     println!("{name}: worker CPU {cpu_s:.1} s");
-    println!(
-        "{name}: peak_rss_mib={:.0} (VmHWM)",
-        peak_rss_kib as f64 / 1024.0
-    );
-    Ok(PhaseReport {
-        failed,
-        jobs_per_s,
-        peak_rss_kib,
-    })
+    Ok(PhaseReport::printed(name, failed, jobs_per_s, peak_rss_kib))
 }
 
 /// Runs one worker over `keys` on a fresh topic and prints its figures.
@@ -465,15 +478,7 @@ async fn run_phase(
         &std::fs::read_to_string(&process.log).unwrap_or_default(),
     );
     print_samples(name, &samples, worker_cpu_s - worker_cpu_before);
-    println!(
-        "{name}: peak_rss_mib={:.0} (VmHWM)",
-        peak_rss_kib as f64 / 1024.0
-    );
-    Ok(PhaseReport {
-        failed,
-        jobs_per_s,
-        peak_rss_kib,
-    })
+    Ok(PhaseReport::printed(name, failed, jobs_per_s, peak_rss_kib))
 }
 
 async fn wait_ready(
