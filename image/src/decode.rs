@@ -141,10 +141,10 @@ pub fn read_header(bytes: &[u8], limits: &DecodeLimits) -> Result<Header, Decode
 
 /// Decodes a PNG with the production decoder.
 pub fn decode_png(bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage, DecodeError> {
-    // png 0.18 is faster than zune-png 0.5 on the three largest samples (medians of 19, 25
-    // and 14 ms against 26, 31 and 15 ms) and slower on the noisy synthetic radiographs of
-    // 4096 x 4096 and 4000 x 5000 (138 and 182 ms against 111 and 165 ms), by the criterion
-    // bench in bench/benches/image.rs. It also peaks at a third of zune-png's memory.
+    // By the criterion bench in bench/benches/image.rs, png 0.18 is faster than zune-png 0.5
+    // on the three largest samples (medians of 19, 25 and 14 ms against 26, 31 and 15 ms).
+    // It is slower on the noisy synthetic radiographs of 4096 x 4096 and 4000 x 5000 (138
+    // and 182 ms against 111 and 165 ms). It also peaks at a third of zune-png's memory.
     decode_png_with(Decoder::Png, bytes, limits)
 }
 

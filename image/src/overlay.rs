@@ -11,7 +11,7 @@ use crate::detect::{BoundingBox, Detector};
 use crate::resize::{fit_within, resize_gray8, scale_box};
 use crate::window::to_display_8bit;
 
-/// Longest side of the preview written beside each overlay, in pixels.
+/// Maximum width and height of the preview written beside each overlay, in pixels.
 pub const PREVIEW_MAX_SIDE: u32 = 256;
 
 /// Palette index of the box outline.
@@ -29,8 +29,8 @@ pub struct EncodeSettings {
 impl Default for EncodeSettings {
     /// Returns `Fast` compression with the `Up` filter. By the criterion bench in
     /// bench/benches/image.rs it takes 5 to 6 ms on the largest samples and 40 to 45 ms on
-    /// the synthetic radiographs of production size, and its files are within 8 % of those
-    /// of `Fast` with `Adaptive`, which takes 14 to 74 % longer. `Balanced` takes 29 to 64
+    /// the synthetic radiographs of production size. Its files are within 8 % of those of
+    /// `Fast` with `Adaptive`, which takes 14 to 74 % longer. `Balanced` takes 29 to 64
     /// times as long for files at most 19 % smaller.
     fn default() -> Self {
         Self {

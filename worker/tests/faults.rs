@@ -812,7 +812,7 @@ async fn sigterm_with_broker_down() {
     let total = job_count();
     run.submit_jobs(total).await;
     // Two downloads a third into the run stall long enough for the broker to be stopped
-    // around them, so the worker holds jobs when SIGTERM arrives.
+    // around them, so the worker has jobs in flight when SIGTERM arrives.
     let hit = total / 3;
     let stall = format!("sleep({STALL_MS})");
     let worker = run.add_worker(

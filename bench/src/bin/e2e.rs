@@ -238,7 +238,7 @@ fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport
         .with_context(|| format!("failed to create {}", input.display()))?;
     for path in paths {
         let link = input.join(path.file_name().context("an image path names a file")?);
-        // A hard link costs no copy; a copy serves where the run folder is on another disk.
+        // A hard link costs no copy. The copy is for a run folder on another file system.
         std::fs::hard_link(path, &link)
             .or_else(|_| std::fs::copy(path, &link).map(drop))
             .with_context(|| {
@@ -275,7 +275,7 @@ fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport
         run_dir.join("embedded-worker.log"),
     )?;
 
-    // /proc has nothing once the process is gone, so memory and CPU are read until it exits.
+    // /proc drops the process when it exits, so memory and CPU are read while it runs.
     let (mut peak_rss_kib, mut cpu_s) = (0, 0.0);
     let status = loop {
         let (_, high_water) = memory_kib(process.pid());
@@ -306,8 +306,10 @@ fn run_embedded(run_dir: &Path, paths: &[PathBuf]) -> anyhow::Result<PhaseReport
         let (head, _) = summary.split_once(marker)?;
         head.rsplit([' ', '(']).next()?.parse().ok()
     };
-    let jobs_per_s = number_before(" images/s").context("the summary line has no rate")?;
-    let failed = number_before(" failed").context("the summary line has no failed count")? as usize;
+    let jobs_per_s =
+        number_before(" images/s").with_context(|| format!("no images/s rate in `{summary}`"))?;
+    let failed = number_before(" failed")
+        .with_context(|| format!("no failed count in `{summary}`"))? as usize;
     print_stage_percentiles(name, &log);
     println!("{name}: worker CPU {cpu_s:.1} s");
     Ok(PhaseReport::printed(name, failed, jobs_per_s, peak_rss_kib))
